@@ -1,0 +1,3 @@
+from elastic_proxy.cli import main
+
+main()
