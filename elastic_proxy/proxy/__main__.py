@@ -1,0 +1,3 @@
+from elastic_proxy.proxy.app import main
+
+main()

@@ -1,0 +1,116 @@
+"""`python -m elastic_proxy.proxy -f CONNECTION_FILE`: the process Jupyter starts as the kernel.
+
+Configuration is traitlets, as in every Jupyter app: command line, `elastic_proxy_config.py`
+on the Jupyter config path, and environment defaults for the settings users set per session.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+from jupyter_core.application import JupyterApp
+from traitlets import Bool, Float, Integer, Unicode, default
+
+from elastic_proxy import __version__
+from elastic_proxy.proxy.child import (
+    OWN_IPYKERNEL,
+    ChildSpecs,
+    KernelChild,
+    make_runtime_dir,
+    remove_runtime_dir,
+)
+from elastic_proxy.proxy.state import StormGuard
+from elastic_proxy.proxy.supervisor import Supervisor, run_supervisor
+
+
+class SupervisorApp(JupyterApp):
+    name = "elastic_proxy"
+    description = "The elastic-proxy kernel supervisor: owns the client's channels and respawns its child."
+    version = __version__
+
+    connection_file = Unicode("", config=True, help="The connection file Jupyter wrote for this kernel.")
+    child_kernel = Unicode(
+        "", config=True,
+        help="Kernelspec to run as the child (empty: this interpreter's ipykernel with the agent).",
+    )
+    memory_limit = Unicode(
+        "", config=True,
+        help="Run the child in a memory cgroup of this size (e.g. 2G), so an OOM kills only the child.",
+    )
+    session = Unicode(config=True, help="Session name (default: JPY_SESSION_NAME, the notebook path).")
+    restore = Bool(True, config=True, help="Restore the session's newest checkpoint when a child starts.")
+    load_agent = Bool(
+        True, config=True,
+        help="Load the elastic_proxy.inner_agent extension into Python children (checkpoints, restore).",
+    )
+    storm_limit = Integer(5, config=True, help="Stop respawning after this many child deaths ...")
+    storm_window = Float(60.0, config=True, help="... within this many seconds; then exit non-zero.")
+
+    aliases = {
+        "f": "SupervisorApp.connection_file",
+        "child-kernel": "SupervisorApp.child_kernel",
+        "memory-limit": "SupervisorApp.memory_limit",
+        "session": "SupervisorApp.session",
+        "storm-limit": "SupervisorApp.storm_limit",
+        "storm-window": "SupervisorApp.storm_window",
+        "log-level": "Application.log_level",
+    }
+    flags = {
+        "no-restore": ({"SupervisorApp": {"restore": False}}, "Start every child empty."),
+        "no-agent": ({"SupervisorApp": {"load_agent": False}}, "Do not load the agent (replay only)."),
+        "debug": ({"Application": {"log_level": logging.DEBUG}}, "Log debug messages."),
+    }
+
+    @default("session")
+    def _session_default(self) -> str:
+        return os.environ.get("ELASTIC_PROXY_SESSION") or os.environ.get("JPY_SESSION_NAME", "")
+
+    def child_env(self, generation: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env["ELASTIC_PROXY_CHILD_GENERATION"] = str(generation)
+        env["ELASTIC_PROXY_RESTORE"] = "auto" if self.restore else "off"
+        if self.session:
+            env["ELASTIC_PROXY_SESSION"] = self.session
+        return env
+
+    def start(self) -> None:
+        if not self.connection_file:
+            self.log.critical("elastic-proxy: no connection file; Jupyter passes it as -f {connection_file}")
+            self.exit(2)
+        with open(self.connection_file) as f:
+            info = json.load(f)
+        specs = ChildSpecs()
+        if self.load_agent:
+            specs.agent_extension = "elastic_proxy.inner_agent"
+        kernel_name = self.child_kernel or OWN_IPYKERNEL
+        limit_bytes = 0
+        if self.memory_limit:
+            from elastic_proxy.proxy.memlimit import MemoryLimit, parse_size
+
+            limit_bytes = parse_size(self.memory_limit)
+        runtime_dir = make_runtime_dir()
+
+        def new_child(generation: int) -> KernelChild:
+            limit = None
+            if self.memory_limit:
+                limit = MemoryLimit.create(limit_bytes, f"{os.getpid()}-{generation}")
+                if limit.warning:
+                    self.log.warning("%s", limit.warning)
+            return KernelChild(specs=specs, kernel_name=kernel_name, runtime_dir=runtime_dir,
+                               generation=generation, env=self.child_env(generation), cwd=os.getcwd(),
+                               memory_limit=limit)
+
+        supervisor = Supervisor(info, new_child, storm=StormGuard(self.storm_limit, self.storm_window),
+                                log=self.log, memory_limit_text=self.memory_limit or None)
+        try:
+            code = run_supervisor(supervisor)
+        finally:
+            remove_runtime_dir(runtime_dir)
+        sys.exit(code)
+
+
+def main() -> None:
+    SupervisorApp.launch_instance()

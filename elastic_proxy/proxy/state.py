@@ -1,0 +1,382 @@
+"""The supervisor's protocol state machine: no sockets, no processes, no clocks.
+
+Fed with parsed messages and lifecycle events, it answers with the messages to send. That is
+where the promises to the client live: a killed cell gets exactly one error, one error reply
+and one idle; requests behind it are aborted or kept for the next child; kernel_info is
+answered while the child is away; comms open before a death are closed; the execution
+counter never goes back. The socket code in `supervisor.py` only carries out `Send`s.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from elastic_proxy.proxy.wire import WireMessage, new_message
+
+SHELL = "shell"
+CONTROL = "control"
+STDIN = "stdin"
+IOPUB = "iopub"
+
+#: Features a respawned child cannot honour: subshell ids and debugger sessions die with it.
+STRIPPED_FEATURES = frozenset({"kernel subshells", "debugger"})
+#: Messages whose execution_count the supervisor shifts so numbering continues across children.
+COUNTED_TYPES = frozenset({"execute_input", "execute_result", "execute_reply"})
+#: Supervisor <-> agent messages: consumed, never shown to the client.
+AGENT_TYPES = frozenset({"elastic_checkpoint", "elastic_restore"})
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"  # a child is being launched or probed
+    READY = "ready"  # requests flow to the child
+    DEAD = "dead"  # the child died; waiting for the respawn
+    STOPPED = "stopped"  # shutdown requested, or respawning given up
+
+
+@dataclass(frozen=True)
+class Send:
+    """One message to send: to the client or the child, on a channel."""
+
+    to: Literal["client", "child"]
+    channel: str
+    msg: WireMessage
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    """Interrupt the child by signal (its spec says interrupt_mode=signal)."""
+
+
+@dataclass(frozen=True)
+class Exit:
+    """Stop the supervisor after sending what came before; `code` is its exit status."""
+
+    code: int
+
+
+@dataclass(frozen=True)
+class UsageRequested:
+    """The edge measures the child's pid and memory and answers with `reply_locally`."""
+
+    request: WireMessage
+
+
+Action = Any  # Send | Interrupt | Exit | UsageRequested
+
+
+@dataclass
+class Request:
+    """A client request forwarded to the child, until its reply and its idle are both seen."""
+
+    channel: str
+    msg: WireMessage
+    started: bool = False
+    replied: bool = False
+    idle: bool = False
+
+
+@dataclass
+class _Probe:
+    msg_id: str
+    replied: bool = False
+
+
+@dataclass
+class ProtocolState:
+    """What the supervisor knows about the conversation between the client and its child."""
+
+    session: str = field(default_factory=lambda: uuid.uuid4().hex)
+    child_interrupt_mode: str = "signal"
+    phase: Phase = Phase.STARTING
+    kernel_info: dict[str, Any] | None = None
+    execution_count: int = 0
+    count_offset: int = 0
+    in_flight: dict[str, Request] = field(default_factory=dict)
+    queued: deque = field(default_factory=deque)
+    open_comms: dict[str, str] = field(default_factory=dict)
+    pending_input: WireMessage | None = None
+    shutting_down: bool = False
+    _probe: _Probe | None = None
+    _internal_ids: set[str] = field(default_factory=set)
+
+    # --- messages from the client ------------------------------------------------------
+    def client_message(self, channel: str, msg: WireMessage) -> list[Action]:
+        kind = msg.msg_type
+        if channel == STDIN:
+            return self._client_input(msg)
+        if kind == "kernel_info_request" and self.phase is not Phase.READY and self.kernel_info is not None:
+            return self.reply_locally(msg, channel, "kernel_info_reply", self.kernel_info)
+        if channel == CONTROL:
+            if kind == "interrupt_request" and self.child_interrupt_mode != "message":
+                return [Interrupt(), *self.reply_locally(msg, channel, "interrupt_reply", {"status": "ok"})]
+            if kind == "usage_request":
+                return [UsageRequested(msg)]
+            if kind == "shutdown_request":
+                return self._client_shutdown(msg)
+            if kind == "debug_request":
+                content = {"status": "error", "ename": "DebuggerUnavailable",
+                           "evalue": "elastic-proxy does not offer the debugger: debugger sessions "
+                                     "would not survive a respawn of the kernel child."}
+                return self.reply_locally(msg, channel, "debug_reply", content)
+        if kind == "comm_open":
+            self.open_comms[msg.content.get("comm_id", "")] = msg.content.get("target_name", "")
+        elif kind == "comm_close":
+            self.open_comms.pop(msg.content.get("comm_id", ""), None)
+        if self.phase is Phase.STOPPED:
+            return self._abort(channel, msg, "the kernel is stopping")
+        if self.phase is not Phase.READY:
+            self.queued.append((channel, msg))
+            return []
+        return [self._forward(channel, msg)]
+
+    def _forward(self, channel: str, msg: WireMessage) -> Send:
+        self.in_flight[msg.msg_id] = Request(channel, msg)
+        return Send("child", channel, msg)
+
+    def _client_input(self, msg: WireMessage) -> list[Action]:
+        if msg.msg_type != "input_reply" or self.pending_input is None or self.phase is not Phase.READY:
+            return []
+        self.pending_input = None
+        return [Send("child", STDIN, msg)]
+
+    def _client_shutdown(self, msg: WireMessage) -> list[Action]:
+        self.shutting_down = True
+        if self.phase is Phase.READY:
+            return [self._forward(CONTROL, msg)]
+        restart = bool(msg.content.get("restart", False))
+        self.phase = Phase.STOPPED
+        return [
+            *self.reply_locally(msg, CONTROL, "shutdown_reply", {"status": "ok", "restart": restart}),
+            Exit(0),
+        ]
+
+    # --- messages from the child -------------------------------------------------------
+    def child_message(self, channel: str, msg: WireMessage) -> list[Action]:
+        kind = msg.msg_type
+        if channel == IOPUB:
+            return self._child_iopub(msg)
+        parent_id = msg.parent_msg_id
+        if parent_id in self._internal_ids:
+            return self._internal_reply(msg)
+        if channel == STDIN:
+            if kind == "input_request":
+                self.pending_input = msg
+            return [Send("client", STDIN, msg)]
+        request = self.in_flight.get(parent_id)
+        if request is not None:
+            request.replied = True
+            self._retire(request)
+        if kind == "kernel_info_reply":
+            self.kernel_info = self._advertised(msg.content)
+            msg = msg.with_content(self.kernel_info)
+        elif kind in COUNTED_TYPES:
+            msg = self._shift_count(msg)
+        return [Send("client", channel, msg)]
+
+    def _child_iopub(self, msg: WireMessage) -> list[Action]:
+        kind = msg.msg_type
+        if kind == "iopub_welcome" or kind in AGENT_TYPES:
+            return []
+        parent_id = msg.parent_msg_id
+        if parent_id in self._internal_ids:
+            if self._probe is not None and self._probe.msg_id == parent_id and self._probe.replied:
+                return self._became_ready()
+            return []
+        if kind == "status":
+            state = msg.content.get("execution_state")
+            if state == "starting":
+                return []
+            request = self.in_flight.get(parent_id)
+            if request is not None:
+                if state == "busy":
+                    request.started = True
+                elif state == "idle":
+                    request.idle = True
+                    self._retire(request)
+        elif kind in COUNTED_TYPES:
+            msg = self._shift_count(msg)
+        elif kind == "comm_open":
+            self.open_comms[msg.content.get("comm_id", "")] = msg.content.get("target_name", "")
+        elif kind == "comm_close":
+            self.open_comms.pop(msg.content.get("comm_id", ""), None)
+        return [Send("client", IOPUB, msg)]
+
+    def _retire(self, request: Request) -> None:
+        if request.idle and (request.replied or not _expects_reply(request.msg.msg_type)):
+            self.in_flight.pop(request.msg.msg_id, None)
+
+    def _shift_count(self, msg: WireMessage) -> WireMessage:
+        count = msg.content.get("execution_count")
+        if not isinstance(count, int):
+            return msg
+        shown = count + self.count_offset
+        self.execution_count = max(self.execution_count, shown)
+        if self.count_offset == 0:
+            return msg
+        return msg.with_content({**msg.content, "execution_count": shown})
+
+    @staticmethod
+    def _advertised(content: dict[str, Any]) -> dict[str, Any]:
+        features = [f for f in content.get("supported_features", []) if f not in STRIPPED_FEATURES]
+        return {**content, "supported_features": features, "debugger": False}
+
+    # --- child lifecycle ---------------------------------------------------------------
+    def child_started(self) -> list[Action]:
+        """A new child process is up: probe it until its reply AND an IOPub message arrive."""
+        self.phase = Phase.STARTING
+        return [self.probe()]
+
+    def probe(self) -> Send:
+        """(Re)send the readiness probe; the edge calls this again when IOPub stays silent."""
+        msg = new_message("kernel_info_request", {}, parent=None, session=self.session)
+        self._probe = _Probe(msg.msg_id)
+        self._internal_ids.add(msg.msg_id)
+        return Send("child", SHELL, msg)
+
+    def _internal_reply(self, msg: WireMessage) -> list[Action]:
+        if self._probe is not None and msg.parent_msg_id == self._probe.msg_id:
+            self._probe.replied = True
+            self.kernel_info = self._advertised(msg.content)
+        return []
+
+    def _became_ready(self) -> list[Action]:
+        self._probe = None
+        self._internal_ids.clear()
+        return self.child_ready()
+
+    def child_ready(self, child_execution_count: int = 0) -> list[Action]:
+        """The child answers and its IOPub is live: close stale comms, then drain the queue.
+
+        `child_execution_count` is the count the child itself will show for its last cell
+        (0 for a fresh child, or the restored count when the agent brought it back).
+        """
+        self.phase = Phase.READY
+        self.count_offset = self.execution_count - child_execution_count
+        actions: list[Action] = []
+        for comm_id in list(self.open_comms):
+            close = new_message("comm_close", {"comm_id": comm_id, "data": {}}, parent=None,
+                                session=self.session)
+            actions.append(Send("client", IOPUB, close))
+        self.open_comms.clear()
+        while self.queued and self.phase is Phase.READY:
+            channel, msg = self.queued.popleft()
+            actions.extend(self.client_message(channel, msg))
+        return actions
+
+    def child_died(self, cause: str, *, respawn: bool) -> list[Action]:
+        """Answer everything the dead child owed, as a live kernel would have.
+
+        `cause` says how it died (and, later, what was restored). With respawn=False the
+        queued requests are aborted too, since no child will take them.
+        """
+        was_shutting_down = self.shutting_down
+        self.phase = Phase.DEAD if respawn and not was_shutting_down else Phase.STOPPED
+        self.pending_input = None
+        self._probe = None
+        self._internal_ids.clear()
+        actions: list[Action] = []
+        crashed_stops = False
+        requeue: list[tuple[str, WireMessage]] = []
+        for request in list(self.in_flight.values()):
+            msg = request.msg
+            if request.started:
+                crashed_stops |= msg.msg_type == "execute_request" and msg.content.get("stop_on_error", True)
+                actions.extend(self._answer_killed(request, cause))
+            elif request.msg.msg_type == "shutdown_request":
+                restart = bool(msg.content.get("restart", False))
+                actions.extend(self.reply_locally(msg, request.channel, "shutdown_reply",
+                                                  {"status": "ok", "restart": restart}))
+            else:
+                requeue.append((request.channel, msg))
+        self.in_flight.clear()
+        requeue.extend(self.queued)
+        self.queued.clear()
+        for channel, msg in requeue:
+            if self.phase is Phase.STOPPED or (crashed_stops and msg.msg_type == "execute_request"):
+                actions.extend(self._abort(channel, msg, cause))
+            else:
+                self.queued.append((channel, msg))
+        if was_shutting_down:
+            actions.append(Exit(0))
+        return actions
+
+    def _answer_killed(self, request: Request, cause: str) -> list[Action]:
+        msg = request.msg
+        actions: list[Action] = []
+        if not request.replied:
+            error = {"ename": "KernelDied", "evalue": cause, "traceback": [_red(f"KernelDied: {cause}")]}
+            if msg.msg_type == "execute_request":
+                actions.append(self._new(IOPUB, "error", error, parent=msg))
+            reply_type = msg.msg_type.rsplit("_", 1)[0] + "_reply"
+            content = {"status": "error", **error}
+            if msg.msg_type == "execute_request":
+                content["execution_count"] = self.execution_count
+            actions.append(self._new(request.channel, reply_type, content, parent=msg,
+                                     idents=msg.idents, metadata={"status": "error"}))
+        if not request.idle:
+            actions.append(self._status("idle", msg))
+        return actions
+
+    def _abort(self, channel: str, msg: WireMessage, cause: str) -> list[Action]:
+        """ipykernel's abort: busy, a reply with status aborted, idle (clients wait for the idle)."""
+        if not _expects_reply(msg.msg_type):
+            return [self._status("busy", msg), self._status("idle", msg)]
+        reply_type = msg.msg_type.rsplit("_", 1)[0] + "_reply"
+        return [
+            self._status("busy", msg),
+            self._new(channel, reply_type, {"status": "aborted"}, parent=msg, idents=msg.idents,
+                      metadata={"status": "aborted"}),
+            self._status("idle", msg),
+        ]
+
+    # --- messages the supervisor writes itself -----------------------------------------
+    def reply_locally(self, request: WireMessage, channel: str, reply_type: str,
+                      content: dict[str, Any]) -> list[Action]:
+        """busy, reply, idle: what a kernel sends for a request, answered by the supervisor."""
+        return [
+            self._status("busy", request),
+            self._new(channel, reply_type, content, parent=request, idents=request.idents),
+            self._status("idle", request),
+        ]
+
+    def announce(self, msg_type: str, content: dict[str, Any], parent: WireMessage | None = None) -> Send:
+        """An IOPub message from the supervisor (welcome, progress, notices)."""
+        return self._new(IOPUB, msg_type, content, parent=parent)
+
+    def _status(self, state: str, parent: WireMessage) -> Send:
+        return self._new(IOPUB, "status", {"execution_state": state}, parent=parent)
+
+    def _new(self, channel: str, msg_type: str, content: dict[str, Any], *, parent: WireMessage | None,
+             idents: list[bytes] | None = None, metadata: dict[str, Any] | None = None) -> Send:
+        msg = new_message(msg_type, content, parent=parent, session=self.session,
+                          idents=idents if channel != IOPUB else [msg_type.encode()],
+                          metadata=metadata)
+        return Send("client", channel, msg)
+
+
+def _expects_reply(msg_type: str) -> bool:
+    return msg_type.endswith("_request")
+
+
+def _red(text: str) -> str:
+    return f"\x1b[0;31m{text}\x1b[0m"
+
+
+@dataclass
+class StormGuard:
+    """K child deaths within T seconds means respawning only burns CPU: stop and say why."""
+
+    limit: int = 5
+    window: float = 60.0
+    _deaths: deque = field(default_factory=deque)
+
+    def record_death(self, now: float) -> bool:
+        """Record a death at `now`; True while respawning is still allowed."""
+        self._deaths.append(now)
+        while self._deaths and now - self._deaths[0] > self.window:
+            self._deaths.popleft()
+        return len(self._deaths) < self.limit

@@ -1,0 +1,339 @@
+"""The supervisor's I/O edge: client sockets, child sockets, heartbeat, child lifecycle.
+
+All decisions come from `ProtocolState`; this module receives frames, parses them, feeds the
+state machine and sends what it returns. It never runs user code and never exits because a
+child died: only a shutdown request, SIGTERM or a restart storm end it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Awaitable
+from typing import Any, Callable
+
+import zmq
+import zmq.asyncio
+
+from elastic_proxy.proxy.child import KernelChild
+from elastic_proxy.proxy.state import (
+    CONTROL,
+    IOPUB,
+    SHELL,
+    STDIN,
+    Exit,
+    Interrupt,
+    Phase,
+    ProtocolState,
+    Send,
+    StormGuard,
+    UsageRequested,
+)
+from elastic_proxy.proxy.wire import ReplayGuard, Signer, WireError, WireMessage, parse
+
+#: Longest IOPub subscription topic accepted; a 12.5 MB topic made a stock kernel hold 1.5 GB.
+MAX_TOPIC_BYTES = 1024
+PROBE_INTERVAL = 0.25
+START_TIMEOUT = 60.0
+SHUTDOWN_GRACE = 3.0
+
+ChildFactory = Callable[[int], KernelChild]
+
+
+def client_url(info: dict[str, Any], channel: str) -> str:
+    port = int(info[f"{channel}_port"])
+    if info.get("transport", "tcp") == "ipc":
+        return f"ipc://{info['ip']}-{port}"
+    return f"tcp://{info['ip']}:{port}"
+
+
+class Heartbeat(threading.Thread):
+    """Echo heartbeats in a thread of their own, as ipykernel does, so a busy loop never looks dead."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(name="elastic-proxy-heartbeat", daemon=True)
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.linger = 0
+        self.socket.bind(url)
+
+    def run(self) -> None:
+        with contextlib.suppress(zmq.ContextTerminated, zmq.ZMQError):
+            zmq.proxy(self.socket, self.socket)
+
+    def stop(self) -> None:
+        self.socket.close(linger=0)
+        self.context.term()
+
+
+class Supervisor:
+    """Owns the client's channels for the lifetime of the kernel, across any number of children."""
+
+    def __init__(self, connection_info: dict[str, Any], new_child: ChildFactory, *,
+                 storm: StormGuard, log: logging.Logger, memory_limit_text: str | None = None,
+                 on_child_ready: Callable[[KernelChild], Awaitable[None]] | None = None) -> None:
+        self.info = connection_info
+        self.new_child = new_child
+        self.storm = storm
+        self.log = log
+        self.memory_limit_text = memory_limit_text
+        key = connection_info.get("key", "")
+        self.client_signer = Signer(key.encode() if isinstance(key, str) else key,
+                                    connection_info.get("signature_scheme", "hmac-sha256"))
+        self.replay_guard = ReplayGuard()
+        self.state = ProtocolState()
+        self.context = zmq.asyncio.Context()
+        self.client: dict[str, zmq.asyncio.Socket] = {}
+        self.child: KernelChild | None = None
+        self.child_sockets: dict[str, zmq.asyncio.Socket] = {}
+        self.child_identity = f"elastic-proxy-{os.getpid()}".encode()
+        self.generation = 0
+        self._child_tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task] = []
+        self._exit: asyncio.Future[int] | None = None
+        self._send_lock = asyncio.Lock()
+        self.heartbeat: Heartbeat | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._exit = loop.create_future()
+        self._bind_client_sockets()
+        loop.add_signal_handler(signal.SIGTERM, self._request_exit, 0)
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        for channel in (SHELL, CONTROL, STDIN):
+            self._tasks.append(asyncio.ensure_future(self._client_reader(channel)))
+        self._tasks.append(asyncio.ensure_future(self._subscription_reader()))
+        self._tasks.append(asyncio.ensure_future(self._spawn_child()))
+        code = await self._exit
+        await self._shutdown()
+        return code
+
+    def _request_exit(self, code: int) -> None:
+        if self._exit is not None and not self._exit.done():
+            self._exit.set_result(code)
+
+    def _bind_client_sockets(self) -> None:
+        kinds = {SHELL: zmq.ROUTER, CONTROL: zmq.ROUTER, STDIN: zmq.ROUTER, IOPUB: zmq.XPUB}
+        for channel, kind in kinds.items():
+            sock = self.context.socket(kind)
+            sock.linger = 1000
+            if kind == zmq.ROUTER:
+                sock.router_handover = 1
+            else:
+                sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+                sock.setsockopt(zmq.XPUB_MANUAL, 1)
+            sock.bind(client_url(self.info, channel))
+            self.client[channel] = sock
+        self.heartbeat = Heartbeat(client_url(self.info, "hb"))
+        self.heartbeat.start()
+
+    async def _shutdown(self) -> None:
+        for task in self._tasks + self._child_tasks:
+            task.cancel()
+        if self.child is not None:
+            await self.child.stop(grace=1.0)
+            await self._close_child()
+        for sock in self.client.values():
+            sock.close(linger=200)
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        self.context.term()
+
+    # --- the child ---------------------------------------------------------------------
+    async def _spawn_child(self) -> None:
+        child = self.new_child(self.generation)
+        self.generation += 1
+        self.child = child
+        try:
+            await child.start()
+        except Exception as err:
+            self.log.error("could not start the kernel child: %s", err)
+            await self._child_gone(child, f"The kernel child could not be started: {err}")
+            return
+        self.log.info("kernel child %d started (pid %d)", child.generation, child.pid)
+        self._connect_child(child)
+        await self._execute(self.state.child_started())
+        self._child_tasks.append(asyncio.ensure_future(self._watch_child(child)))
+        self._child_tasks.append(asyncio.ensure_future(self._probe_until_ready(child)))
+
+    def _connect_child(self, child: KernelChild) -> None:
+        urls = child.urls()
+        kinds = {SHELL: zmq.DEALER, CONTROL: zmq.DEALER, STDIN: zmq.DEALER, IOPUB: zmq.SUB}
+        for channel, kind in kinds.items():
+            sock = self.context.socket(kind)
+            sock.linger = 0
+            if channel in (SHELL, STDIN):
+                # One identity for both, or input_request never finds its way back.
+                sock.setsockopt(zmq.IDENTITY, self.child_identity)
+            if kind == zmq.SUB:
+                sock.setsockopt(zmq.SUBSCRIBE, b"")
+            sock.connect(urls[channel])
+            self.child_sockets[channel] = sock
+            self._child_tasks.append(asyncio.ensure_future(self._child_reader(channel, sock, child)))
+
+    async def _probe_until_ready(self, child: KernelChild) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while self.child is child and self.state.phase is Phase.STARTING:
+            await asyncio.sleep(PROBE_INTERVAL)
+            if self.child is not child or self.state.phase is not Phase.STARTING:
+                return
+            if time.monotonic() > deadline:
+                self.log.error("kernel child did not answer within %.0f s; killing it", START_TIMEOUT)
+                child.kill()
+                return
+            await self._execute([self.state.probe()])
+
+    async def _watch_child(self, child: KernelChild) -> None:
+        assert child.exit_code is not None
+        returncode = await child.exit_code
+        from elastic_proxy.proxy.child import describe_exit
+
+        cause = describe_exit(returncode, child.oom_kills(), self.memory_limit_text)
+        await self._child_gone(child, cause)
+
+    async def _child_gone(self, child: KernelChild, cause: str) -> None:
+        """Answer what the dead child owed, then respawn (or stop, on shutdown or a storm)."""
+        await self._drain_child()
+        shutting_down = self.state.shutting_down
+        respawn = not shutting_down and self.storm.record_death(time.monotonic())
+        if not shutting_down:
+            self.log.warning("kernel child %d died: %s", child.generation, cause)
+            if respawn:
+                cause += " A new kernel process was started; the next cell runs there."
+            else:
+                cause += (f" It died {self.storm.limit} times within {self.storm.window:.0f} s, so "
+                          "elastic-proxy stops restarting it and exits; Jupyter will offer a restart.")
+        actions = self.state.child_died(cause, respawn=respawn)
+        await self._close_child()
+        await self._execute(actions)
+        if respawn:
+            self._tasks.append(asyncio.ensure_future(self._spawn_child()))
+        elif not shutting_down:
+            self._request_exit(1)
+
+    async def _drain_child(self) -> None:
+        """Forward what the child sent just before it died, so outputs precede the error."""
+        if self.child is None:
+            return
+        for channel, sock in self.child_sockets.items():
+            while await sock.poll(0):
+                await self._from_child(channel, await sock.recv_multipart(), self.child)
+
+    async def _close_child(self) -> None:
+        for task in self._child_tasks:
+            task.cancel()
+        self._child_tasks.clear()
+        for sock in self.child_sockets.values():
+            sock.close(linger=0)
+        self.child_sockets.clear()
+        child, self.child = self.child, None
+        if child is not None and child.process is not None:
+            with contextlib.suppress(Exception):
+                await child.cleanup()
+
+    # --- readers -----------------------------------------------------------------------
+    async def _client_reader(self, channel: str) -> None:
+        sock = self.client[channel]
+        while True:
+            raw = await sock.recv_multipart()
+            try:
+                msg = parse(raw, self.client_signer, self.replay_guard)
+            except WireError as err:
+                self.log.warning("dropped a message from the client on %s: %s", channel, err)
+                continue
+            await self._execute(self.state.client_message(channel, msg))
+
+    async def _child_reader(self, channel: str, sock: zmq.asyncio.Socket, child: KernelChild) -> None:
+        while True:
+            raw = await sock.recv_multipart()
+            await self._from_child(channel, raw, child)
+
+    async def _from_child(self, channel: str, raw: list[bytes], child: KernelChild) -> None:
+        try:
+            msg = parse(raw, child.signer)
+        except WireError as err:
+            self.log.warning("dropped a message from the kernel child on %s: %s", channel, err)
+            return
+        await self._execute(self.state.child_message(channel, msg))
+
+    async def _subscription_reader(self) -> None:
+        """XPUB_MANUAL: accept each subscription ourselves, refuse oversized ones, welcome the rest."""
+        sock = self.client[IOPUB]
+        while True:
+            frame = await sock.recv()
+            if not frame:
+                continue
+            subscribe, topic = frame[0] == 1, frame[1:]
+            if len(topic) > MAX_TOPIC_BYTES:
+                self.log.warning("refused an IOPub subscription of %d bytes (limit %d)", len(topic),
+                                 MAX_TOPIC_BYTES)
+                continue
+            if not subscribe:
+                sock.setsockopt(zmq.UNSUBSCRIBE, topic)
+                continue
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
+            try:
+                text = topic.decode()
+            except UnicodeDecodeError:
+                continue
+            welcome = self.state.announce("iopub_welcome", {"subscription": text})
+            welcome.msg.idents = [topic] if topic else []
+            await self._execute([welcome])
+
+    # --- carrying out the state machine's actions ----------------------------------------
+    async def _execute(self, actions: list[Any]) -> None:
+        async with self._send_lock:
+            for action in actions:
+                if isinstance(action, Send):
+                    await self._send(action)
+                elif isinstance(action, Interrupt):
+                    if self.child is not None:
+                        self.child.interrupt()
+                elif isinstance(action, UsageRequested):
+                    content = self._usage()
+                    for reply in self.state.reply_locally(action.request, CONTROL, "usage_reply", content):
+                        await self._send(reply)
+                elif isinstance(action, Exit):
+                    self._request_exit(action.code)
+
+    async def _send(self, action: Send) -> None:
+        if action.to == "client":
+            await self.client[action.channel].send_multipart(action.msg.to_frames(self.client_signer))
+            return
+        sock = self.child_sockets.get(action.channel)
+        if sock is None or self.child is None:
+            self.log.debug("no child socket for %s; message dropped", action.channel)
+            return
+        await sock.send_multipart(action.msg.to_frames(self.child.signer))
+
+    def _usage(self) -> dict[str, Any]:
+        """usage_reply as ipykernel shapes it, but for the child: the process users care about."""
+        import psutil
+
+        content: dict[str, Any] = {"hostname": socket.gethostname(), "cpu_count": psutil.cpu_count()}
+        if self.child is None or self.child.process is None:
+            return content
+        content["pid"] = self.child.pid
+        try:
+            proc = psutil.Process(self.child.pid)
+            procs = [proc, *proc.children(recursive=True)]
+            content["kernel_cpu"] = sum(p.cpu_percent(None) for p in procs)
+            content["kernel_memory"] = sum(p.memory_info().rss for p in procs)
+        except psutil.Error:
+            pass
+        content["host_virtual_memory"] = dict(psutil.virtual_memory()._asdict())
+        return content
+
+
+def run_supervisor(supervisor: Supervisor) -> int:
+    return asyncio.run(supervisor.run())
+
+
+__all__ = ["Supervisor", "WireMessage", "client_url", "run_supervisor"]
