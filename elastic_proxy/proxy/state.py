@@ -286,7 +286,9 @@ class ProtocolState:
             if request.started:
                 crashed_stops |= msg.msg_type == "execute_request" and msg.content.get("stop_on_error", True)
                 actions.extend(self._answer_killed(request, cause))
-            elif request.msg.msg_type == "shutdown_request":
+            elif msg.msg_type.startswith("comm_"):
+                continue  # the comm died with the child; the client gets comm_close after the respawn
+            elif msg.msg_type == "shutdown_request":
                 restart = bool(msg.content.get("restart", False))
                 actions.extend(self.reply_locally(msg, request.channel, "shutdown_reply",
                                                   {"status": "ok", "restart": restart}))

@@ -1,0 +1,297 @@
+"""The protocol state machine, fed with message tuples: no sockets, no processes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from elastic_proxy.proxy.state import (
+    CONTROL,
+    IOPUB,
+    SHELL,
+    STDIN,
+    Exit,
+    Interrupt,
+    Phase,
+    ProtocolState,
+    Send,
+    StormGuard,
+    UsageRequested,
+)
+from elastic_proxy.proxy.wire import WireMessage, new_message
+
+CLIENT = [b"client-a"]
+
+
+def request(msg_type: str, content: dict | None = None, idents=CLIENT) -> WireMessage:
+    return new_message(msg_type, content or {}, parent=None, session="client", idents=list(idents))
+
+
+def from_child(msg_type: str, content: dict, parent: WireMessage, idents=CLIENT) -> WireMessage:
+    return new_message(msg_type, content, parent=parent, session="child", idents=list(idents))
+
+
+def ready_state(**kw) -> ProtocolState:
+    """A state whose child answered the probe and whose IOPub is live."""
+    state = ProtocolState(**kw)
+    (probe,) = state.child_started()
+    info = {"status": "ok", "protocol_version": "5.4", "implementation": "ipython",
+            "language_info": {"name": "python"}, "banner": "",
+            "supported_features": ["kernel subshells", "debugger", "xpub"], "debugger": True}
+    assert state.child_message(SHELL, from_child("kernel_info_reply", info, probe.msg, idents=[])) == []
+    actions = state.child_message(IOPUB, from_child("status", {"execution_state": "idle"}, probe.msg, []))
+    assert actions == [] and state.phase is Phase.READY
+    return state
+
+
+def sends(actions, to=None, channel=None):
+    return [a for a in actions if isinstance(a, Send) and (to is None or a.to == to)
+            and (channel is None or a.channel == channel)]
+
+
+def types(actions):
+    return [(a.channel, a.msg.msg_type) for a in sends(actions)]
+
+
+def parent_of(send: Send) -> str:
+    return json.loads(send.msg.frames[1]).get("msg_id", "")
+
+
+def run_started(state: ProtocolState, code: str = "1", **content) -> WireMessage:
+    req = request("execute_request", {"code": code, **content})
+    (fwd,) = state.client_message(SHELL, req)
+    assert fwd.to == "child" and fwd.msg is req
+    state.child_message(IOPUB, from_child("status", {"execution_state": "busy"}, req, [b"status"]))
+    return req
+
+
+def test_probe_iopub_and_reply_traffic_never_reaches_the_client():
+    state = ProtocolState()
+    (probe,) = state.child_started()
+    assert probe.to == "child" and probe.msg.msg_type == "kernel_info_request"
+    busy = from_child("status", {"execution_state": "busy"}, probe.msg, [b"status"])
+    assert state.child_message(IOPUB, busy) == []  # reply not seen yet: not ready
+    assert state.phase is Phase.STARTING
+
+
+def test_requests_wait_for_readiness_then_drain_in_order():
+    state = ProtocolState()
+    (probe,) = state.child_started()
+    first, second = request("execute_request", {"code": "a"}), request("complete_request", {"code": "a"})
+    assert state.client_message(SHELL, first) == []
+    assert state.client_message(SHELL, second) == []
+    state.child_message(SHELL, from_child("kernel_info_reply", {"status": "ok"}, probe.msg, []))
+    drained = state.child_message(IOPUB, from_child("status", {"execution_state": "idle"}, probe.msg, []))
+    assert [a.msg for a in drained] == [first, second]
+    assert all(a.to == "child" for a in drained)
+
+
+def test_kernel_info_strips_subshells_and_debugger_and_is_answered_while_child_is_down():
+    state = ready_state()
+    assert "kernel subshells" not in state.kernel_info["supported_features"]
+    assert state.kernel_info["debugger"] is False
+    state.child_died("gone", respawn=True)
+    req = request("kernel_info_request")
+    actions = state.client_message(CONTROL, req)
+    assert types(actions) == [(IOPUB, "status"), (CONTROL, "kernel_info_reply"), (IOPUB, "status")]
+    reply = actions[1]
+    assert reply.msg.idents == CLIENT and parent_of(reply) == req.msg_id
+    assert reply.msg.content["supported_features"] == ["xpub"]
+    assert [a.msg.content["execution_state"] for a in (actions[0], actions[2])] == ["busy", "idle"]
+
+
+def test_forwarded_kernel_info_reply_is_rewritten_too():
+    state = ready_state()
+    req = request("kernel_info_request")
+    state.client_message(SHELL, req)
+    reply = from_child("kernel_info_reply", {"supported_features": ["kernel subshells"], "debugger": True}, req)
+    (out,) = state.child_message(SHELL, reply)
+    assert out.msg.content == {"supported_features": [], "debugger": False}
+
+
+def test_killed_cell_gets_one_error_one_error_reply_then_idle():
+    state = ready_state()
+    req = run_started(state)
+    state.child_message(IOPUB, from_child("execute_input", {"code": "1", "execution_count": 7}, req))
+    actions = state.child_died("killed by SIGKILL", respawn=True)
+    assert types(actions) == [(IOPUB, "error"), (SHELL, "execute_reply"), (IOPUB, "status")]
+    error, reply, idle = actions
+    assert error.msg.content["ename"] == "KernelDied" and "SIGKILL" in error.msg.content["evalue"]
+    assert reply.msg.idents == CLIENT and reply.msg.content["status"] == "error"
+    assert reply.msg.content["execution_count"] == 7
+    assert idle.msg.content["execution_state"] == "idle"
+    assert {parent_of(a) for a in actions} == {req.msg_id}
+    assert state.phase is Phase.DEAD and state.in_flight == {}
+
+
+def test_idle_kill_sends_nothing_and_keeps_waiting_requests_for_the_next_child():
+    state = ready_state()
+    assert state.child_died("killed", respawn=True) == []
+    req = request("execute_request", {"code": "x"})
+    assert state.client_message(SHELL, req) == []
+    (probe,) = state.child_started()
+    state.child_message(SHELL, from_child("kernel_info_reply", {}, probe.msg, []))
+    drained = state.child_message(IOPUB, from_child("status", {"execution_state": "busy"}, probe.msg, []))
+    assert [a.msg for a in drained] == [req]
+
+
+def test_requests_behind_a_killed_cell_are_aborted_with_stop_on_error():
+    state = ready_state()
+    run_started(state)
+    waiting = request("execute_request", {"code": "2"})
+    other = request("complete_request", {"code": "x", "cursor_pos": 1})
+    state.client_message(SHELL, waiting)
+    state.client_message(SHELL, other)
+    actions = state.child_died("killed", respawn=True)
+    aborted = [a for a in sends(actions, channel=SHELL) if a.msg.content.get("status") == "aborted"]
+    assert [parent_of(a) for a in aborted] == [waiting.msg_id]
+    assert [m for _, m in state.queued] == [other]  # not an execution: re-sent to the next child
+
+
+def test_requests_behind_a_killed_cell_survive_without_stop_on_error():
+    state = ready_state()
+    run_started(state, stop_on_error=False)
+    waiting = request("execute_request", {"code": "2"})
+    state.client_message(SHELL, waiting)
+    state.child_died("killed", respawn=True)
+    assert [m for _, m in state.queued] == [waiting]
+
+
+def test_no_respawn_aborts_everything_and_stops():
+    state = ready_state()
+    state.child_died("storm", respawn=False)
+    req = request("execute_request", {"code": "2"})
+    actions = state.client_message(SHELL, req)
+    assert types(actions) == [(IOPUB, "status"), (SHELL, "execute_reply"), (IOPUB, "status")]
+    assert actions[1].msg.content == {"status": "aborted"}
+
+
+def test_execution_count_continues_on_a_new_child():
+    state = ready_state()
+    req = run_started(state)
+    state.child_message(IOPUB, from_child("execute_input", {"code": "1", "execution_count": 3}, req))
+    state.child_died("killed", respawn=True)
+    (probe,) = state.child_started()
+    state.child_message(SHELL, from_child("kernel_info_reply", {}, probe.msg, []))
+    state.child_message(IOPUB, from_child("status", {"execution_state": "idle"}, probe.msg, []))
+    req2 = run_started(state)
+    (shown,) = state.child_message(IOPUB, from_child("execute_input", {"code": "1", "execution_count": 1}, req2))
+    assert shown.msg.content["execution_count"] == 4
+    (reply,) = state.child_message(SHELL, from_child("execute_reply", {"status": "ok", "execution_count": 1}, req2))
+    assert reply.msg.content["execution_count"] == 4
+
+
+def test_restored_child_count_is_not_shifted_twice():
+    state = ready_state()
+    state.execution_count = 10
+    state.child_died("killed", respawn=True)
+    state.child_started()
+    state.child_ready(child_execution_count=10)
+    req = run_started(state)
+    (shown,) = state.child_message(IOPUB, from_child("execute_input", {"execution_count": 11}, req))
+    assert shown.msg.content["execution_count"] == 11
+
+
+def test_comms_open_before_a_death_are_closed_after_the_respawn():
+    state = ready_state()
+    req = run_started(state)
+    state.child_message(IOPUB, from_child("comm_open", {"comm_id": "w1", "target_name": "jupyter.widget"}, req))
+    state.client_message(SHELL, request("comm_open", {"comm_id": "c2", "target_name": "t"}))
+    assert set(state.open_comms) == {"w1", "c2"}
+    state.child_died("killed", respawn=True)
+    actions = state.child_ready()
+    closes = [a.msg.content["comm_id"] for a in sends(actions, "client", IOPUB) if a.msg.msg_type == "comm_close"]
+    assert sorted(closes) == ["c2", "w1"] and state.open_comms == {}
+
+
+def test_stdin_round_trip_and_late_input_reply_after_death_is_dropped():
+    state = ready_state()
+    req = run_started(state, code="input()")
+    ask = from_child("input_request", {"prompt": "?", "password": False}, req)
+    (out,) = state.child_message(STDIN, ask)
+    assert out.to == "client" and out.channel == STDIN and out.msg.idents == CLIENT
+    answer = request("input_reply", {"value": "x"})
+    assert [a.to for a in state.client_message(STDIN, answer)] == ["child"]
+    assert state.client_message(STDIN, request("input_reply", {"value": "again"})) == []
+    state.child_message(STDIN, from_child("input_request", {"prompt": "?"}, req))
+    state.child_died("killed", respawn=True)
+    assert state.client_message(STDIN, request("input_reply", {"value": "late"})) == []
+
+
+def test_interrupt_by_signal_is_answered_by_the_supervisor():
+    state = ready_state(child_interrupt_mode="signal")
+    actions = state.client_message(CONTROL, request("interrupt_request"))
+    assert isinstance(actions[0], Interrupt)
+    assert types(actions[1:]) == [(IOPUB, "status"), (CONTROL, "interrupt_reply"), (IOPUB, "status")]
+
+
+def test_interrupt_by_message_is_forwarded():
+    state = ready_state(child_interrupt_mode="message")
+    req = request("interrupt_request")
+    (fwd,) = state.client_message(CONTROL, req)
+    assert fwd.to == "child" and fwd.channel == CONTROL and fwd.msg is req
+
+
+def test_usage_request_is_left_to_the_edge():
+    state = ready_state()
+    req = request("usage_request")
+    assert state.client_message(CONTROL, req) == [UsageRequested(req)]
+
+
+def test_debug_request_gets_a_clear_error():
+    state = ready_state()
+    actions = state.client_message(CONTROL, request("debug_request", {"command": "initialize"}))
+    reply = sends(actions, channel=CONTROL)[0]
+    assert reply.msg.msg_type == "debug_reply" and reply.msg.content["status"] == "error"
+
+
+def test_shutdown_is_forwarded_and_the_childs_exit_ends_the_supervisor():
+    state = ready_state()
+    req = request("shutdown_request", {"restart": False})
+    (fwd,) = state.client_message(CONTROL, req)
+    assert fwd.to == "child"
+    state.child_message(CONTROL, from_child("shutdown_reply", {"status": "ok", "restart": False}, req))
+    actions = state.child_died("exited with status 0", respawn=True)
+    assert isinstance(actions[-1], Exit) and actions[-1].code == 0
+    assert not [a for a in sends(actions) if a.msg.msg_type == "error"]
+    assert state.phase is Phase.STOPPED
+
+
+def test_shutdown_while_the_child_is_down_is_answered_locally():
+    state = ready_state()
+    state.child_died("killed", respawn=True)
+    actions = state.client_message(CONTROL, request("shutdown_request", {"restart": True}))
+    assert types(actions) == [(IOPUB, "status"), (CONTROL, "shutdown_reply"), (IOPUB, "status")]
+    assert actions[1].msg.content == {"status": "ok", "restart": True}
+    assert actions[-1] == Exit(0)
+
+
+def test_child_welcome_and_starting_status_and_agent_messages_are_dropped():
+    state = ready_state()
+    req = run_started(state)
+    for kind, content in [("iopub_welcome", {"subscription": ""}), ("status", {"execution_state": "starting"}),
+                          ("elastic_checkpoint", {"generation": 1})]:
+        assert state.child_message(IOPUB, from_child(kind, content, req)) == []
+
+
+def test_outputs_pass_through_untouched():
+    state = ready_state()
+    req = run_started(state)
+    out = from_child("stream", {"name": "stdout", "text": "hi"}, req, [b"stream"])
+    (fwd,) = state.child_message(IOPUB, out)
+    assert fwd.msg is out
+
+
+@pytest.mark.parametrize("deaths, allowed", [(4, True), (5, False)])
+def test_storm_guard_counts_deaths_in_the_window(deaths, allowed):
+    guard = StormGuard(limit=5, window=60.0)
+    results = [guard.record_death(float(t)) for t in range(deaths)]
+    assert results[-1] is allowed
+
+
+def test_storm_guard_forgets_old_deaths():
+    guard = StormGuard(limit=2, window=10.0)
+    assert guard.record_death(0.0)
+    assert guard.record_death(20.0)  # the first death is out of the window
+    assert not guard.record_death(21.0)
