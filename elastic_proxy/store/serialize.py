@@ -1,0 +1,97 @@
+"""Pickling one alias group: cloudpickle first, dill second, protocol 5 with out-of-band buffers.
+
+The group is pickled as one dict so objects shared between its names come back shared. Large
+contiguous buffers (numpy arrays, and pandas through numpy) are handed out of band by the
+`buffer_callback`, so they are never copied into the stream; the store then chunks them.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import cloudpickle
+import dill
+
+from .errors import SerializationError
+
+PROTOCOL = 5
+# Buffers below this go in-band: thousands of tiny arrays would otherwise become thousands of
+# tiny blobs, each a file and an fsync, to save copying a few KiB.
+INBAND_BELOW = 64 * 1024
+
+_DUMPERS: dict[str, Callable[..., bytes]] = {"cloudpickle": cloudpickle.dumps, "dill": dill.dumps}
+_LOADERS: dict[str, Callable[..., Any]] = {"cloudpickle": pickle.loads, "dill": dill.loads}
+
+
+@dataclass
+class Pickled:
+    pickler: str
+    stream: bytes
+    buffers: list[memoryview]  # 1-D, format "B", views of the objects' own memory
+
+
+def pickle_group(objs: Mapping[str, Any], inband_below: int = INBAND_BELOW) -> Pickled:
+    group = dict(objs)
+    reasons: dict[str, str] = {}
+    for pickler, dumps in _DUMPERS.items():
+        buffers: list[memoryview] = []
+
+        def keep_out_of_band(buffer: pickle.PickleBuffer, buffers: list[memoryview] = buffers) -> bool:
+            try:
+                raw = buffer.raw()
+            except BufferError:  # not contiguous: let the pickler copy it in-band
+                return True
+            if raw.nbytes < inband_below:
+                return True
+            buffers.append(raw)
+            return False
+
+        try:
+            stream = dumps(group, protocol=PROTOCOL, buffer_callback=keep_out_of_band)
+        except Exception as exc:
+            reasons[pickler] = _describe(exc)
+            continue
+        return Pickled(pickler, stream, buffers)
+    raise _explain_failure(group, reasons)
+
+
+def unpickle_group(pickler: str, stream: bytes, buffers: list[bytearray]) -> dict[str, Any]:
+    loads = _LOADERS.get(pickler)
+    if loads is None:
+        raise SerializationError(f"unknown pickler {pickler!r}")
+    try:
+        group = loads(stream, buffers=buffers)
+    except Exception as exc:
+        raise SerializationError(f"cannot unpickle ({pickler}): {_describe(exc)}") from exc
+    if not isinstance(group, dict):
+        raise SerializationError(f"unpickled a {type(group).__name__}, expected the group's dict")
+    return group
+
+
+def _explain_failure(group: dict[str, Any], group_reasons: dict[str, str]) -> SerializationError:
+    """Pickle each name alone to say which variable is at fault (only runs after a failure)."""
+    culprits: dict[str, str] = {}
+    for name, obj in group.items():
+        reasons = []
+        for pickler, dumps in _DUMPERS.items():
+            try:
+                dumps(obj, protocol=PROTOCOL, buffer_callback=lambda _buffer: False)
+                break
+            except Exception as exc:
+                reasons.append(f"{pickler}: {_describe(exc)}")
+        else:
+            culprits[name] = "; ".join(reasons)
+    if not culprits:  # each pickles alone, not together
+        culprits = {", ".join(group): "; ".join(f"{p}: {r}" for p, r in group_reasons.items())}
+    details = "; ".join(
+        f"variable {name!r} ({type(group[name]).__name__ if name in group else 'group'}): {why}"
+        for name, why in culprits.items()
+    )
+    return SerializationError(f"cannot pickle {details}", tuple(culprits), culprits)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
