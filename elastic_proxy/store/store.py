@@ -374,6 +374,9 @@ class Store:
                 self._backend.remove(info.path)
                 report.temps_deleted += 1
             elif info.name not in referenced and len(info.name) == 64:
+                mtime = self._backend.mtime(info.path)  # a writer may have reused it since the listing
+                if mtime is None or mtime >= cutoff:
+                    continue
                 self._backend.remove(info.path)
                 self._known.pop(info.name, None)
                 report.blobs_deleted += 1
