@@ -163,17 +163,41 @@ def _write(path: Path, value: str) -> None:
         os.close(fd)
 
 
-def _make_leaf(base: Path, name: str, prepare_base: Callable[[Path], None] | None = None) -> Path:
-    """Create ``base/name``, replacing an empty leaf left behind by a supervisor that died.
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    ``base`` is shared and removed by the last child that leaves it, so it may vanish between
-    its mkdir and ours: then create it again.
+
+def _sweep_dead_owners(base: Path) -> None:
+    """Remove empty leaves whose supervisor died without removing them (SIGKILLed by Jupyter's
+    shutdown timer, say). rmdir refuses a leaf that still has processes, so a live kernel is safe."""
+    for leaf in base.iterdir():
+        owner = leaf.name.split("-", 1)[0]
+        if leaf.is_dir() and owner.isdigit() and int(owner) != os.getpid() and not _pid_alive(int(owner)):
+            try:
+                leaf.rmdir()
+            except OSError:
+                pass
+
+
+def _make_leaf(base: Path, name: str, prepare_base: Callable[[Path], None] | None = None) -> Path:
+    """Create ``base/<our pid>-name``, replacing an empty leaf of that name left by an earlier try.
+
+    The pid in the name lets a later supervisor sweep leaves of dead ones. ``base`` is shared and
+    removed by the last child that leaves it, so it may vanish between its mkdir and ours: then
+    create it again.
     """
-    leaf = base / name
+    leaf = base / f"{os.getpid()}-{name}"
     for _ in range(3):
         base.mkdir(exist_ok=True)
         if prepare_base is not None:
             prepare_base(base)
+        _sweep_dead_owners(base)
         try:
             leaf.mkdir()
         except FileNotFoundError:
@@ -261,7 +285,8 @@ class MemoryLimit:
 
     @classmethod
     def create(cls, limit_bytes: int, name: str) -> MemoryLimit:
-        """A cgroup for the child named ``name`` (unique per live child), else an RLIMIT_AS fallback."""
+        """A cgroup ``<our pid>-<name>`` for the child (``name`` unique among this supervisor's live
+        children), else an RLIMIT_AS fallback."""
         if limit_bytes <= 0:
             raise ValueError(f"memory limit must be more than 0 bytes, not {limit_bytes}")
         if not _NAME_RE.match(name) or name in (".", ".."):

@@ -3,6 +3,7 @@ real RLIMIT_AS with real processes that allocate more than they may."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -130,7 +131,7 @@ def test_v2_file_handling_on_a_fake_tree(tmp_path: Path) -> None:
 
     limit = MemoryLimit.in_cgroup_v2(CgroupLocation(2, own, root), "kernel-1", 64 * MiB)
     assert limit.mechanism == "cgroup-v2"
-    assert limit.cgroup == base / "kernel-1"
+    assert limit.cgroup == base / f"{os.getpid()}-kernel-1"
     assert (base / "cgroup.subtree_control").read_text() == "+memory"
     assert (limit.cgroup / "memory.max").read_text() == str(64 * MiB)
     (limit.cgroup / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\n")
@@ -202,11 +203,29 @@ def test_remove_deletes_the_cgroup_and_the_empty_base(cgroup_limit: MemoryLimit)
     assert not other.cgroup.parent.exists()
 
 
-def test_create_replaces_a_stale_empty_cgroup_of_the_same_name(cgroup_limit: MemoryLimit) -> None:
+def test_create_replaces_an_empty_cgroup_of_the_same_name(cgroup_limit: MemoryLimit) -> None:
+    name = cgroup_limit.cgroup.name.split("-", 1)[1]
+    assert cgroup_limit.cgroup.name == f"{os.getpid()}-{name}"
     (cgroup_limit.cgroup / "memory.limit_in_bytes").write_text(str(16 * MiB))
-    again = MemoryLimit.create(64 * MiB, cgroup_limit.cgroup.name)
+    again = MemoryLimit.create(64 * MiB, name)
     assert again.cgroup == cgroup_limit.cgroup
     assert int((again.cgroup / "memory.limit_in_bytes").read_text()) == 64 * MiB
+
+
+def test_create_sweeps_empty_leaves_of_dead_supervisors_only(cgroup_limit: MemoryLimit) -> None:
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    base = cgroup_limit.cgroup.parent
+    dead_owner, live_owner = base / f"{finished.pid}-0", base / "1-0"
+    dead_owner.mkdir()
+    live_owner.mkdir()
+    try:
+        with MemoryLimit.create(64 * MiB, "sweeper"):
+            assert not dead_owner.exists()
+            assert live_owner.exists()
+            assert cgroup_limit.cgroup.exists()
+    finally:
+        live_owner.rmdir()
 
 
 def test_rlimit_fallback_gives_memory_error_not_a_kill() -> None:
