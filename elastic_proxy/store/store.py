@@ -18,8 +18,8 @@ gc that runs while a writer reuses an old unreferenced blob can still race (rare
 have become unreferenced and then be needed again within seconds of the gc).
 
 The write path is fork-safe (the agent may write from a forked child and then os._exit): no
-threads of our own, no locks held across calls, no logging. blake3 uses short-lived threads
-inside one call only. See backends.py for what a remote filesystem needs after fork.
+threads of our own, no locks held across calls, no logging; blake3 hashes single-threaded in a
+forked child (see blob_address). See backends.py for what a remote filesystem needs after fork.
 """
 
 from __future__ import annotations
@@ -58,9 +58,23 @@ _THREADED_HASH_FROM = 256 * 1024
 _AUTO = object()
 
 
+_in_forked_child = False
+
+
+def _note_fork() -> None:
+    global _in_forked_child
+    _in_forked_child = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_note_fork)
+
+
 def blob_address(data: bytes | bytearray | memoryview) -> str:
-    threads = blake3.blake3.AUTO if memoryview(data).nbytes >= _THREADED_HASH_FROM else 1
-    return blake3.blake3(data, max_threads=threads).hexdigest()
+    """blake3 hex. Large inputs use blake3's thread pool, except in a forked child: that pool is
+    Rayon's global one, whose threads do not survive fork(), and hashing would hang forever."""
+    threaded = not _in_forked_child and memoryview(data).nbytes >= _THREADED_HASH_FROM
+    return blake3.blake3(data, max_threads=blake3.blake3.AUTO if threaded else 1).hexdigest()
 
 
 @dataclass(frozen=True)
