@@ -1,0 +1,495 @@
+"""Value fingerprints for mutation detection and for checking recomputed values.
+
+Why: `str(obj)` and object-id graphs miss `obj.v = 2` and edits deep inside containers of
+arrays. This walks the value itself (attributes, slots, containers, array buffers) and errs
+towards "changed": what it cannot inspect gets a fingerprint unique to the call. Digests are
+xxh3_128 over a tagged byte stream built only from values and type names (never id() nor
+hash() of str), so equal values give equal digests in a new process, as a restore needs.
+"""
+
+from __future__ import annotations
+
+import array
+import functools
+import io
+import mmap
+import os
+import pickle
+import struct
+import sys
+import types
+from dataclasses import dataclass
+from typing import Any
+
+import xxhash
+
+__all__ = ["Fingerprint", "Tracker", "fingerprint", "inspect"]
+
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: the class was defined in Python
+_FAST_PATH_MIN = 32  # containers at least this long are first tried as plain data
+_FLUSH_AT = 1 << 16
+_NOTEBOOK_MODULE = "__main__"
+_MISSING = object()
+_pack_q = struct.Struct("<q").pack
+_pack_Q = struct.Struct("<Q").pack
+_pack_d = struct.Struct("<d").pack
+_pack_dd = struct.Struct("<dd").pack
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A digest, and whether some part could not be inspected (then the digest is random)."""
+
+    digest: bytes
+    opaque: bool = False
+    opaque_types: tuple[str, ...] = ()
+
+    def hex(self) -> str:
+        return self.digest.hex()
+
+
+def inspect(obj: Any) -> Fingerprint:
+    walker = _Walker()
+    walker.walk(obj)
+    return walker.result()
+
+
+def fingerprint(obj: Any) -> bytes:
+    return inspect(obj).digest
+
+
+class Tracker:
+    """Remembers one fingerprint per variable name and answers "did it change?"."""
+
+    def __init__(self) -> None:
+        self._prints: dict[str, Fingerprint] = {}
+
+    def update(self, name: str, obj: Any) -> bool:
+        """Fingerprint `obj` as the new value of `name`; True when it differs from the last one
+        (a new name, a different digest, or an object that could not be inspected)."""
+        new = inspect(obj)
+        old = self._prints.get(name)
+        self._prints[name] = new
+        return old is None or new.opaque or old.digest != new.digest
+
+    def forget(self, name: str) -> None:
+        self._prints.pop(name, None)
+
+    def get(self, name: str) -> Fingerprint | None:
+        return self._prints.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._prints
+
+    def names(self) -> set[str]:
+        return set(self._prints)
+
+
+def _path_of(cls: type) -> bytes:
+    return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', cls.__name__)}".encode()
+
+
+_cached_path = functools.lru_cache(maxsize=4096)(_path_of)
+
+
+def _type_path(cls: type) -> bytes:
+    try:
+        return _cached_path(cls)
+    except TypeError:  # a metaclass that makes its classes unhashable
+        return _path_of(cls)
+
+
+def _encode_str(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+class _NotPlainData(Exception):
+    pass
+
+
+class _PlainDataPickler(pickle.Pickler):
+    """The C pickler calls reducer_override for everything but exact None, bool, int, float,
+    str, bytes, list, tuple, dict, set and frozenset: raising there makes a dump succeed only
+    for plain data. Fast mode (no memo) makes the bytes independent of object identity."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        raise _NotPlainData
+
+
+def _plain_data_bytes(obj: Any) -> bytes | None:
+    """One C pass over JSON-like data (list(range(5_000_000)), a dict of a million str keys,
+    records). None when it holds anything else, or a set: set order follows str hashes,
+    which differ per process (protocol 3 writes sets as a `__builtin__` global, easy to spot)."""
+    buffer = io.BytesIO()
+    pickler = _PlainDataPickler(buffer, protocol=3)
+    pickler.fast = True
+    try:
+        pickler.dump(obj)
+    except Exception:  # not plain data, a cycle, or too deep: walk it instead
+        return None
+    data = buffer.getvalue()
+    return None if b"__builtin__\n" in data else data
+
+
+@functools.lru_cache(maxsize=1024)
+def _slot_names(cls: type) -> tuple[str, ...]:
+    names = []
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        for slot in [slots] if isinstance(slots, str) else slots:
+            if slot in ("__dict__", "__weakref__"):
+                continue
+            mangled = f"_{klass.__name__.lstrip('_')}{slot}" if slot.startswith("__") else slot
+            names.append(mangled)
+    return tuple(names)
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_plain_class(cls: type) -> bool:
+    """Defined in Python, no C base but object, pickled the default way: its state is exactly
+    its __dict__ and slots, which can be walked directly (faster than __reduce_ex__)."""
+    if not all(k is object or k.__flags__ & _HEAPTYPE for k in cls.__mro__):
+        return False
+    if cls.__reduce_ex__ is not object.__reduce_ex__ or cls.__reduce__ is not object.__reduce__:
+        return False
+    getstate = getattr(cls, "__getstate__", None)
+    return getstate is None or getstate is getattr(object, "__getstate__", None)
+
+
+_DESCRIPTOR_TYPES = (
+    types.MemberDescriptorType, types.GetSetDescriptorType, types.WrapperDescriptorType,
+    types.MethodDescriptorType, types.MethodWrapperType, types.ClassMethodDescriptorType,
+)
+
+
+class _Walker:
+    """Feeds a value's tagged encoding to one xxh3_128 hasher, depth-first, without recursion
+    (deep linked structures must not hit the recursion limit). Every non-atomic object is
+    numbered on first visit; a second visit feeds a back-reference, which ends cycles."""
+
+    def __init__(self, outer: dict[int, tuple[int, Any]] | None = None) -> None:
+        self.outer = outer or {}  # the enclosing walk's memo, read-only (set elements)
+        self.hasher = xxhash.xxh3_128()
+        self.buf = bytearray()
+        self.memo: dict[int, tuple[int, Any]] = {}  # id -> (visit number, object kept alive)
+        self.opaque_types: list[str] = []
+        self.stack: list[Any] = []
+        self.numpy = sys.modules.get("numpy")
+        self.pandas = sys.modules.get("pandas")
+        self.atoms = {
+            type(None): self._none, bool: self._bool, int: self._int, float: self._float,
+            complex: self._complex, str: self._str, bytes: self._bytes,
+        }
+
+    def result(self) -> Fingerprint:
+        self.hasher.update(self.buf)
+        return Fingerprint(self.hasher.digest(), bool(self.opaque_types), tuple(self.opaque_types[:8]))
+
+    # -- byte stream ----------------------------------------------------------------------------
+
+    def _emit(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) >= _FLUSH_AT:
+            self.hasher.update(self.buf)
+            self.buf.clear()
+
+    def _emit_large(self, data: Any) -> None:
+        """Hash a big buffer in place, without copying it into the stream buffer."""
+        self.hasher.update(self.buf)
+        self.buf.clear()
+        self.hasher.update(data)
+
+    def _header(self, tag: bytes, cls: type, length: int = 0) -> None:
+        path = _type_path(cls)
+        self._emit(tag + _pack_Q(len(path)) + path + _pack_Q(length))
+
+    def _opaque(self, obj: Any) -> None:
+        self.opaque_types.append(_type_path(type(obj)).decode())
+        self._emit(b"?" + os.urandom(16))
+
+    # -- atoms ------------------------------------------------------------------------------------
+
+    def _none(self, obj: None) -> None:
+        self._emit(b"N")
+
+    def _bool(self, obj: bool) -> None:
+        self._emit(b"T" if obj else b"F")
+
+    def _int(self, obj: int) -> None:
+        if -(1 << 63) <= obj < (1 << 63):
+            self._emit(b"i" + _pack_q(obj))
+        else:
+            data = obj.to_bytes((obj.bit_length() + 8) // 8, "little", signed=True)
+            self._emit(b"I" + _pack_Q(len(data)) + data)
+
+    def _float(self, obj: float) -> None:
+        self._emit(b"f" + _pack_d(obj))
+
+    def _complex(self, obj: complex) -> None:
+        self._emit(b"c" + _pack_dd(obj.real, obj.imag))
+
+    def _str(self, obj: str) -> None:
+        data = _encode_str(obj)
+        self._emit(b"s" + _pack_Q(len(data)) + data)
+
+    def _bytes(self, obj: bytes) -> None:
+        self._emit(b"b" + _pack_Q(len(obj)))
+        if len(obj) >= _FLUSH_AT:
+            self._emit_large(obj)
+        else:
+            self._emit(obj)
+
+    # -- traversal --------------------------------------------------------------------------------
+
+    def walk(self, root: Any) -> None:
+        stack = self.stack
+        stack.append(root)
+        atoms = self.atoms
+        memo = self.memo
+        outer = self.outer
+        while stack:
+            obj = stack.pop()
+            atom = atoms.get(type(obj))
+            if atom is not None:
+                atom(obj)
+                continue
+            seen = memo.get(id(obj))
+            if seen is not None:
+                self._emit(b"R" + _pack_q(seen[0]))
+                continue
+            seen = outer.get(id(obj))
+            if seen is not None:
+                self._emit(b"O" + _pack_q(seen[0]))
+                continue
+            memo[id(obj)] = (len(memo), obj)
+            try:
+                self._visit(obj)
+            except Exception:  # a broken or exotic object: unknown, so "changed"
+                self._opaque(obj)
+
+    def _push_all(self, items: Any) -> None:
+        """Queue children so that they are visited in order."""
+        self.stack.extend(reversed(items) if isinstance(items, (list, tuple)) else reversed(list(items)))
+
+    def _visit(self, obj: Any) -> None:
+        cls = type(obj)
+        numpy = self.numpy
+        if numpy is not None and isinstance(obj, numpy.ndarray):
+            self._ndarray(obj)
+        elif numpy is not None and isinstance(obj, numpy.generic):
+            self._header(b"g", cls)
+            self._emit(str(obj.dtype.str).encode() + obj.tobytes())
+        elif self.pandas is not None and self._pandas(obj):
+            pass
+        elif isinstance(obj, (list, tuple)):
+            self._sequence(obj, b"L" if isinstance(obj, list) else b"U")
+        elif isinstance(obj, dict):
+            self._dict(obj)
+        elif isinstance(obj, (set, frozenset)):
+            self._set(obj)
+        elif isinstance(obj, (bytes, bytearray, memoryview, mmap.mmap, array.array)):
+            self._buffer(obj)
+        elif isinstance(obj, (int, float, str, complex)):
+            self._header(b"v", cls)
+            self.stack.append(self._instance_state(obj))
+            self.stack.append(cls.__base__(obj) if cls.__base__ in self.atoms else repr(obj))
+        elif isinstance(obj, types.FunctionType):
+            self._function(obj)
+        elif isinstance(obj, types.CodeType):
+            self._code(obj)
+        elif isinstance(obj, types.MethodType):
+            self._header(b"m", cls)
+            self.stack.extend([obj.__func__, obj.__self__])
+        elif isinstance(obj, types.BuiltinFunctionType):
+            self._header(b"B", cls)
+            self._str(getattr(obj, "__qualname__", obj.__name__))
+            owner = obj.__self__
+            if owner is not None and not isinstance(owner, types.ModuleType):
+                self.stack.append(owner)
+        elif isinstance(obj, types.ModuleType):
+            self._header(b"M", cls)
+            self._str(obj.__name__)
+        elif isinstance(obj, type):
+            self._class(obj)
+        elif isinstance(obj, (staticmethod, classmethod)):
+            self._header(b"d", cls)
+            self.stack.append(obj.__func__)
+        elif isinstance(obj, property):
+            self._header(b"p", cls)
+            self._push_all([obj.fget, obj.fset, obj.fdel])
+        elif isinstance(obj, _DESCRIPTOR_TYPES):
+            self._header(b"D", cls)
+            self._str(getattr(obj, "__qualname__", getattr(obj, "__name__", "")))
+        elif isinstance(obj, types.CellType):
+            self._header(b"C", cls)
+            try:
+                self.stack.append(obj.cell_contents)
+            except ValueError:
+                self._emit(b"-")
+        elif _is_plain_class(cls):
+            self._header(b"o", cls)
+            self.stack.append(self._instance_state(obj))
+        else:
+            self._reduced(obj)
+
+    # -- containers ------------------------------------------------------------------------------
+
+    def _instance_state(self, obj: Any) -> tuple[Any, ...]:
+        """An instance's own attributes: its __dict__ (or None) and its slot values."""
+        slots = tuple(getattr(obj, name, _MISSING) for name in _slot_names(type(obj)))
+        state = getattr(obj, "__dict__", None)
+        return (state if isinstance(state, dict) else None, *(s for s in slots if s is not _MISSING))
+
+    def _extra_state(self, obj: Any, exact: tuple[type, ...]) -> None:
+        """Subclasses of builtin containers may carry attributes as well (namedtuple's fields
+        are the tuple itself; a defaultdict's factory is state)."""
+        if type(obj) in exact:
+            return
+        extra: list[Any] = [self._instance_state(obj)]
+        factory = getattr(obj, "default_factory", _MISSING)
+        if factory is not _MISSING:
+            extra.append(factory)
+        self.stack.extend(reversed(extra))
+
+    def _sequence(self, seq: list[Any] | tuple[Any, ...], tag: bytes) -> None:
+        self._header(tag, type(seq), len(seq))
+        self._extra_state(seq, (list, tuple))
+        if not self._plain_data(seq):
+            self._push_all(seq)
+
+    def _dict(self, mapping: dict[Any, Any]) -> None:
+        self._header(b"D", type(mapping), len(mapping))
+        self._extra_state(mapping, (dict,))
+        if self._plain_data(mapping):
+            return
+        flat: list[Any] = []
+        for key, value in mapping.items():
+            flat.append(key)
+            flat.append(value)
+        self._push_all(flat)
+
+    def _set(self, items: set[Any] | frozenset[Any]) -> None:
+        """Set order follows str hashes, which differ per process: elements are hashed alone
+        and their digests sorted, or flat runs of atoms are sorted by value."""
+        self._header(b"S", type(items), len(items))
+        self._extra_state(items, (set, frozenset))
+        kinds = set(map(type, items))
+        sortable = len(kinds) == 1 and next(iter(kinds)) in (int, float, str, bytes)
+        if sortable and self._plain_data(sorted(items)):
+            return
+        outer = {**self.outer, **self.memo} if self.outer else self.memo
+        digests = []
+        for item in items:
+            sub = _Walker(outer)
+            sub.walk(item)
+            self.opaque_types += sub.opaque_types
+            digests.append(sub.result().digest)
+        self._emit(b"".join(sorted(digests)))
+
+    def _plain_data(self, obj: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> bool:
+        """Big exact lists, tuples and dicts of plain data go through the pickler in one C pass."""
+        if len(obj) < _FAST_PATH_MIN or type(obj) not in (list, tuple, dict):
+            return False
+        data = _plain_data_bytes(obj)
+        if data is None:
+            return False
+        self._emit(b"=" + _pack_Q(len(data)))
+        self._emit_large(data)
+        return True
+
+    def _buffer(self, obj: Any) -> None:
+        self._header(b"b", type(obj))
+        if isinstance(obj, array.array):
+            self._emit(obj.typecode.encode())
+        view = memoryview(obj)
+        if isinstance(obj, memoryview):
+            self._emit(f"{view.format}|{view.shape}".encode())
+        data = view.tobytes() if not view.c_contiguous or view.ndim != 1 else view.cast("B")
+        self._emit(_pack_Q(len(data)))
+        self._emit_large(data)
+
+    # -- numpy and pandas ------------------------------------------------------------------------
+
+    def _ndarray(self, arr: Any) -> None:
+        numpy = self.numpy
+        dtype = arr.dtype
+        self._header(b"A", type(arr))
+        self._emit(f"{dtype.str}|{dtype.descr if dtype.fields else ''}|{arr.shape}|{arr.strides}".encode())
+        if type(arr) is not numpy.ndarray:
+            self.stack.append(self._instance_state(arr))
+        if dtype.hasobject:
+            self._push_all(arr.ravel().tolist() if arr.ndim else [arr.item()])
+            return
+        if arr.flags.c_contiguous:
+            flat = arr.reshape(-1)
+        elif arr.flags.f_contiguous:
+            flat = arr.T.reshape(-1)
+        else:
+            flat = numpy.ascontiguousarray(arr).reshape(-1)
+        self._emit_large(flat.view(numpy.uint8))
+
+    def _pandas(self, obj: Any) -> bool:
+        """DataFrame, Series, Index: pandas' own vectorised row hashes, plus labels and dtypes.
+        Objects it cannot hash (lists in cells) go the generic way."""
+        pandas = self.pandas
+        if not isinstance(obj, (pandas.DataFrame, pandas.Series, pandas.Index)):
+            return False
+        try:
+            rows = pandas.util.hash_pandas_object(obj, index=not isinstance(obj, pandas.Index))
+        except (TypeError, ValueError):
+            return False
+        self._header(b"P", type(obj), len(obj))
+        dtypes = obj.dtypes if isinstance(obj, pandas.DataFrame) else [obj.dtype]
+        self._emit(repr([str(t) for t in dtypes]).encode())
+        self._emit_large(rows.to_numpy().tobytes())
+        labels = [obj.name if not isinstance(obj, pandas.DataFrame) else list(obj.columns)]
+        labels.append(obj.index.names if not isinstance(obj, pandas.Index) else obj.names)
+        labels.append(dict(obj.attrs) if hasattr(obj, "attrs") else None)
+        self._push_all(labels)
+        return True
+
+    # -- code ------------------------------------------------------------------------------------
+
+    def _function(self, func: types.FunctionType) -> None:
+        """Name, and for the notebook's own functions the code too (a redefinition under the same
+        name is a change); defaults, closure cells and attributes are state of any function."""
+        self._header(b"x", type(func))
+        self._str(f"{func.__module__}.{func.__qualname__}")
+        parts: list[Any] = [func.__defaults__, func.__kwdefaults__, func.__dict__ or None,
+                            func.__closure__]
+        if func.__module__ == _NOTEBOOK_MODULE:
+            parts.append(func.__code__)
+        self._push_all(parts)
+
+    def _code(self, code: types.CodeType) -> None:
+        """Bytecode and constants, without the file name and line numbers, which differ from
+        one kernel process to the next for the same cell."""
+        self._header(b"K", type(code))
+        self._push_all([code.co_code, code.co_consts, code.co_names, code.co_varnames, code.co_freevars,
+                        code.co_cellvars, code.co_flags, code.co_argcount, code.co_kwonlyargcount])
+
+    def _class(self, cls: type) -> None:
+        """Library classes by name; the notebook's own classes with their attributes, since
+        class-level state (`Config.items.append(...)`) lives there."""
+        self._header(b"t", type(cls))
+        self._emit(_type_path(cls))
+        if cls.__module__ == _NOTEBOOK_MODULE and not isinstance(cls, types.GenericAlias):
+            own = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+            self.stack.append(own)
+
+    def _reduced(self, obj: Any) -> None:
+        """Anything else is described the way pickle sees it, through __reduce_ex__; what
+        cannot be pickled cannot be inspected either, and counts as changed every time."""
+        try:
+            reduced = obj.__reduce_ex__(4)
+        except Exception:
+            self._opaque(obj)
+            return
+        self._header(b"r", type(obj))
+        if isinstance(reduced, str):
+            self._str(reduced)
+            return
+        parts = list(reduced) + [None] * (5 - len(reduced))
+        parts[3] = list(parts[3]) if parts[3] is not None else None
+        parts[4] = list(parts[4]) if parts[4] is not None else None
+        self._push_all(parts[:5])
