@@ -11,7 +11,9 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import sys
+from collections.abc import Iterator
 from copy import deepcopy
 from datetime import datetime
 from typing import Any, ClassVar
@@ -91,6 +93,12 @@ class ElasticApp(JupyterApp):
                 option = token.split("=", 1)[0]
                 raise UsageError(f"unknown option {option} (see `{self.name} --help`)")
 
+    def emit_description(self) -> Iterator[str]:
+        what = "COMMAND" if self.subcommands else self.arguments[2].split(" (")[0]
+        yield f"Usage: {self.name} {what + ' ' if what else ''}[options]"
+        yield ""
+        yield from super().emit_description()
+
     def start(self) -> None:
         if self.subapp is None:
             choices = ", ".join(self.subcommands)
@@ -123,8 +131,6 @@ class SpecWriterApp(ElasticApp):
     user = Bool(False, config=True, help="Install for the current user instead of system-wide.")
     sys_prefix = Bool(False, config=True, help="Install into sys.prefix (this virtual or conda env).")
     prefix = Unicode("", config=True, help="Install into PREFIX/share/jupyter/kernels.")
-    kernel_name = Unicode("", config=True, help="Name of the kernelspec to write.")
-    display_name = Unicode("", config=True, help="Name shown in the notebook's kernel picker.")
     memory_limit = Unicode(
         "", config=True,
         help="Run the kernel child in a memory cgroup of this size (e.g. 2G, 512M): an OOM then kills "
@@ -155,11 +161,11 @@ class SpecWriterApp(ElasticApp):
             raise UsageError(f"{' and '.join(chosen)} contradict each other: choose one")
         return self.user, (sys.prefix if self.sys_prefix else self.prefix or None)
 
-    def install(self, spec: dict[str, Any], resources_dir: str | None = None) -> None:
+    def install(self, name: str, spec: dict[str, Any], resources_dir: str | None = None) -> None:
         user, prefix = self.location()
         try:
             destination = specs.install_spec(
-                self.kernel_spec_manager, spec, self.kernel_name,
+                self.kernel_spec_manager, spec, name,
                 resources_dir=resources_dir, user=user, prefix=prefix,
             )
         except ValueError as exc:
@@ -170,8 +176,8 @@ class SpecWriterApp(ElasticApp):
                     f"cannot write {exc.filename}: {exc.strerror}; install with --user, --sys-prefix "
                     "or --prefix DIR, or as a user who may write there"
                 ) from None
-            raise CliError(f"installing {self.kernel_name!r} failed: {exc}") from None
-        print(f"Installed kernelspec {self.kernel_name} ({spec['display_name']}) in {destination}")
+            raise CliError(f"installing {name!r} failed: {exc}") from None
+        print(f"Installed kernelspec {name} ({spec['display_name']}) in {destination}")
 
 
 class InstallApp(SpecWriterApp):
@@ -182,22 +188,18 @@ class InstallApp(SpecWriterApp):
         "--prefix is given."
     )
     examples = """
-    elastic-proxy install --user
-    elastic-proxy install --sys-prefix --memory-limit 8G
-    elastic-proxy install --prefix /opt/env --name py-elastic --display-name "Python (safe)"
-    """
+elastic-proxy install --user
+elastic-proxy install --sys-prefix --memory-limit 8G
+elastic-proxy install --prefix /opt/env --name py-elastic --display-name "Python (safe)"
+
+"""
     aliases, flags = _writer_options("InstallApp")
 
-    @default("kernel_name")
-    def _kernel_name_default(self) -> str:
-        return specs.KERNEL_NAME
-
-    @default("display_name")
-    def _display_name_default(self) -> str:
-        return specs.DISPLAY_NAME
+    kernel_name = Unicode(specs.KERNEL_NAME, config=True, help="Name of the kernelspec to write.")
+    display_name = Unicode(specs.DISPLAY_NAME, config=True, help="Name shown in the notebook's kernel menu.")
 
     def start(self) -> None:
-        self.install(specs.python_spec(self.display_name, self.checked_memory_limit()))
+        self.install(self.kernel_name, specs.python_spec(self.display_name, self.checked_memory_limit()))
 
 
 class WrapApp(SpecWriterApp):
@@ -208,10 +210,16 @@ class WrapApp(SpecWriterApp):
         "and replays or restores the session."
     )
     examples = """
-    elastic-proxy wrap bash --user
-    elastic-proxy wrap ir --name r-safe --display-name "R (safe)" --memory-limit 4G
-    """
+elastic-proxy wrap bash --user
+elastic-proxy wrap ir --name r-safe --display-name "R (safe)" --memory-limit 4G
+
+"""
     arguments = (1, 1, "KERNEL (the name of an installed kernelspec)")
+    kernel_name = Unicode("", config=True, help="Name of the kernelspec to write (default: KERNEL-elastic).")
+    display_name = Unicode(
+        "", config=True,
+        help="Name shown in the notebook's kernel picker (default: KERNEL's display name + ' (elastic)').",
+    )
     aliases, flags = _writer_options("WrapApp")
 
     def start(self) -> None:
@@ -229,12 +237,11 @@ class WrapApp(SpecWriterApp):
             raise UsageError(
                 f"{child_name!r} is already an elastic-proxy kernelspec; wrap the kernel it runs instead"
             )
-        if not self.kernel_name:
-            self.kernel_name = f"{child_name}{specs.WRAPPED_SUFFIX}"
-        if self.kernel_name == child_name:
+        name = self.kernel_name or f"{child_name}{specs.WRAPPED_SUFFIX}"
+        if name == child_name:
             raise UsageError(f"--name must differ from {child_name!r}, the kernel being wrapped")
         spec = specs.wrapped_spec(child_name, child, self.display_name or None, self.checked_memory_limit())
-        self.install(spec, resources_dir=child.resource_dir)
+        self.install(name, spec, resources_dir=child.resource_dir)
 
 
 def _elastic_specs(manager: KernelSpecManager) -> dict[str, dict[str, Any]]:
@@ -519,11 +526,12 @@ class ElasticProxyApp(ElasticApp):
         "brings it back after a crash, an OOM kill or a restart."
     )
     examples = """
-    elastic-proxy install --user
-    elastic-proxy wrap bash --user
-    elastic-proxy list
-    elastic-proxy checkpoints list
-    """
+elastic-proxy install --user
+elastic-proxy wrap bash --user
+elastic-proxy list
+elastic-proxy checkpoints list
+
+"""
     subcommands: ClassVar[dict[str, Any]] = {
         "install": (InstallApp, f"Install the {specs.DISPLAY_NAME!r} kernelspec ({specs.KERNEL_NAME})."),
         "wrap": (WrapApp, "Make an elastic version of an installed kernelspec (KERNEL-elastic)."),
@@ -548,5 +556,9 @@ def main(argv: list[str] | None = None) -> None:
     except CliError as exc:
         print(f"elastic-proxy: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        # `elastic-proxy --help | head`: the reader left; say nothing more (Python's documented recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     finally:
         _clear_instances()

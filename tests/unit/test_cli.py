@@ -210,7 +210,7 @@ def test_usage_errors_exit_2_with_a_hint_and_change_nothing(jupyter: Path, args:
 )
 def test_every_command_has_help(jupyter: Path, command: tuple) -> None:
     done = cli(*command, "--help")
-    assert done.stdout.strip()
+    assert done.stdout.startswith(" ".join(("Usage: elastic-proxy", *command)) + " ")
     if command[:1] in (("install",), ("wrap",)):
         assert all(option in done.stdout for option in ("--user", "--sys-prefix", "--prefix", "--name",
                                                         "--display-name", "--memory-limit"))
