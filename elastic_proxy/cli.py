@@ -162,7 +162,14 @@ class SpecWriterApp(ElasticApp):
         return self.user, (sys.prefix if self.sys_prefix else self.prefix or None)
 
     def install(self, name: str, spec: dict[str, Any], resources_dir: str | None = None) -> None:
+        """Install ``spec`` as ``name``, replacing an elastic spec of that name but never another one."""
         user, prefix = self.location()
+        existing = self.kernel_spec_manager.find_kernel_specs().get(name.lower())
+        if existing and specs.elastic_info(self.kernel_spec_manager.get_kernel_spec(name.lower())) is None:
+            raise UsageError(
+                f"a kernelspec named {name!r} that is not elastic-proxy's is installed in {existing}; "
+                "choose another --name"
+            )
         try:
             destination = specs.install_spec(
                 self.kernel_spec_manager, spec, name,

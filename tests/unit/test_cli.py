@@ -140,6 +140,30 @@ def test_wrap_refuses_elastic_specs_unknown_names_and_wrapping_in_place(jupyter:
     assert not (jupyter / "data" / "kernels").exists()
 
 
+def test_install_and_wrap_never_overwrite_a_kernelspec_that_is_not_elastic(jupyter: Path) -> None:
+    install_bash_kernel(jupyter / "prefix")
+    bash_spec = read_spec(kernels(jupyter) / "bash")
+    for command in (("install", "--name", "bash"), ("wrap", "python3", "--name", "Bash")):
+        done = cli(*command, "--prefix", str(jupyter / "prefix"), expect=2)
+        assert "a kernelspec named" in done.stderr and "that is not elastic-proxy's" in done.stderr
+    assert read_spec(kernels(jupyter) / "bash") == bash_spec
+    cli("install", "--prefix", str(jupyter / "prefix"), "--memory-limit", "1G")
+    cli("install", "--prefix", str(jupyter / "prefix"))
+    reinstalled = read_spec(kernels(jupyter) / "python3-elastic")
+    assert "--memory-limit" not in reinstalled["argv"], "installing again replaces our own spec"
+
+
+def test_location_flags_map_to_jupyter_install_arguments() -> None:
+    from elastic_proxy.cli import InstallApp, UsageError
+
+    assert InstallApp().location() == (False, None)
+    assert InstallApp(user=True).location() == (True, None)
+    assert InstallApp(sys_prefix=True).location() == (False, sys.prefix)
+    assert InstallApp(prefix="/opt/env").location() == (False, "/opt/env")
+    with pytest.raises(UsageError, match="--sys-prefix and --prefix contradict"):
+        InstallApp(sys_prefix=True, prefix="/opt/env").location()
+
+
 def test_list_shows_elastic_specs_with_child_and_memory_limit(jupyter: Path) -> None:
     assert "No elastic-proxy kernelspecs installed" in cli("list").stdout
     install_bash_kernel(jupyter / "prefix")
@@ -267,6 +291,8 @@ def test_checkpoints_list_show_gc_forget(jupyter: Path) -> None:
     assert "b.ipynb" not in remaining.replace("notebooks/a.ipynb", "")
     missing = cli("checkpoints", "show", "b.ipynb", expect=2)
     assert "no checkpoints for session 'b.ipynb'; sessions in the store: notebooks/a.ipynb" in missing.stderr
+    other_store = cli("checkpoints", "list", "--store", str(jupyter / "other")).stdout
+    assert other_store == "No checkpoints in the store.\n"
 
 
 def test_checkpoints_show_reports_a_tampered_manifest(jupyter: Path) -> None:
