@@ -203,6 +203,20 @@ def _bound_by_pattern(node: ast.AST) -> list[str]:
     return names
 
 
+def _pattern_expressions(node: ast.AST) -> list[ast.expr]:
+    """What a `match` pattern evaluates: class names, value constants, mapping keys."""
+    found: list[ast.expr] = []
+    for sub in ast.walk(node):
+        kind = type(sub).__name__
+        if kind == "MatchValue":
+            found.append(sub.value)  # type: ignore[attr-defined]
+        elif kind == "MatchClass":
+            found.append(sub.cls)  # type: ignore[attr-defined]
+        elif kind == "MatchMapping":
+            found.extend(sub.keys)  # type: ignore[attr-defined]
+    return found
+
+
 def _import_binding(alias: ast.alias) -> str:
     return alias.asname or alias.name.partition(".")[0]
 
@@ -519,6 +533,8 @@ class _Resolver(ast.NodeVisitor):
             self.visit(node.subject)  # type: ignore[attr-defined]
             start = set(self.bound)
             for case in node.cases:  # type: ignore[attr-defined]
+                for expression in _pattern_expressions(case.pattern):
+                    self.visit(expression)
                 for name in _bound_by_pattern(case.pattern):
                     self._store(name, definite=False)
                 self._branch([*([case.guard] if case.guard else []), *case.body], start)
