@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_core.application import JupyterApp, base_aliases, base_flags
 from traitlets import Bool, Instance, Integer, TraitError, Unicode, default
+from traitlets.config.application import Application
 from traitlets.config.loader import ArgumentError
 
 from elastic_proxy import __version__
@@ -79,6 +80,12 @@ class ElasticApp(JupyterApp):
                 f"`{self.name}` takes {what or 'no arguments'}, got {self.extra_args or 'none'}"
                 f" (see `{self.name} --help`)"
             )
+
+    def parse_command_line(self, argv: list[str] | None = None) -> None:
+        """traitlets' parser without its @catch_config_error, which would log a bad value as CRITICAL
+        and exit 1: initialize() turns it into a usage error instead."""
+        parse = Application.parse_command_line
+        getattr(parse, "__wrapped__", parse)(self, argv)
 
     def _reject_unknown_options(self, argv: list[str]) -> None:
         """traitlets only warns about an unknown ``--option=value``: a typo of --user would then

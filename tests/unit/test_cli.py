@@ -217,6 +217,7 @@ def test_uninstall_removes_only_elastic_specs(jupyter: Path) -> None:
         (("uninstall",), "`elastic-proxy uninstall` takes NAME..., got none"),
         (("checkpoints", "show"), "`elastic-proxy checkpoints show` takes SESSION"),
         (("checkpoints", "gc", "--keep-last", "0"), "--keep-last must be at least 1"),
+        (("checkpoints", "gc", "--keep-last", "many"), "'keep_last' trait of a CheckpointsGcApp instance"),
     ],
 )
 def test_usage_errors_exit_2_with_a_hint_and_change_nothing(jupyter: Path, args: tuple, message: str) -> None:
