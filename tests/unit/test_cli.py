@@ -12,6 +12,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from elastic_proxy import __version__
+from elastic_proxy.cli import main
 
 SUPERVISOR = [sys.executable, "-m", "elastic_proxy.proxy", "-f", "{connection_file}"]
 ELASTIC_META = {"version": __version__, "child_kernel": None, "memory_limit": None}
@@ -37,6 +38,14 @@ def cli(*args: str, expect: int = 0) -> subprocess.CompletedProcess:
     assert done.returncode == expect, (done.returncode, done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
     return done
+
+
+def in_process(capsys: pytest.CaptureFixture, *args: str) -> tuple[int | str | None, str, str]:
+    """main(ARGS) in this process (fast, for the many small error and help cases): exit code, out, err."""
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exited.value.code, out, err
 
 
 def kernels(root: Path) -> Path:
@@ -220,12 +229,21 @@ def test_uninstall_removes_only_elastic_specs(jupyter: Path) -> None:
         (("checkpoints", "gc", "--keep-last", "many"), "'keep_last' trait of a CheckpointsGcApp instance"),
     ],
 )
-def test_usage_errors_exit_2_with_a_hint_and_change_nothing(jupyter: Path, args: tuple, message: str) -> None:
-    done = cli(*args, expect=2)
-    assert done.stderr.startswith("elastic-proxy: error: ")
-    assert message in done.stderr
+def test_usage_errors_exit_2_with_a_hint_and_change_nothing(
+    jupyter: Path, capsys: pytest.CaptureFixture, args: tuple, message: str
+) -> None:
+    code, _, err = in_process(capsys, *args)
+    assert code == 2
+    assert err.startswith("elastic-proxy: error: ")
+    assert message in err
     assert not (jupyter / "data" / "kernels").exists()
     assert not (jupyter / "prefix").exists()
+
+
+def test_a_usage_error_from_the_real_command_has_exit_status_2_and_no_traceback(jupyter: Path) -> None:
+    done = cli("install", "--usr", expect=2)
+    assert done.stdout == ""
+    assert done.stderr == "elastic-proxy: error: unknown option --usr (see `elastic-proxy install --help`)\n"
 
 
 @pytest.mark.parametrize(
@@ -233,12 +251,13 @@ def test_usage_errors_exit_2_with_a_hint_and_change_nothing(jupyter: Path, args:
     [(), ("install",), ("wrap",), ("list",), ("uninstall",), ("checkpoints",), ("checkpoints", "list"),
      ("checkpoints", "show"), ("checkpoints", "forget"), ("checkpoints", "gc")],
 )
-def test_every_command_has_help(jupyter: Path, command: tuple) -> None:
-    done = cli(*command, "--help")
-    assert done.stdout.startswith(" ".join(("Usage: elastic-proxy", *command)) + " ")
+def test_every_command_has_help(jupyter: Path, capsys: pytest.CaptureFixture, command: tuple) -> None:
+    code, out, _ = in_process(capsys, *command, "--help")
+    assert code == 0
+    assert out.startswith(" ".join(("Usage: elastic-proxy", *command)) + " ")
     if command[:1] in (("install",), ("wrap",)):
-        assert all(option in done.stdout for option in ("--user", "--sys-prefix", "--prefix", "--name",
-                                                        "--display-name", "--memory-limit"))
+        assert all(option in out for option in ("--user", "--sys-prefix", "--prefix", "--name",
+                                                "--display-name", "--memory-limit"))
 
 
 def test_failure_to_write_exits_1_and_says_what_to_do(jupyter: Path) -> None:
