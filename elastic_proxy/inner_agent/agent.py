@@ -1,0 +1,203 @@
+"""The agent: wires the recorder, the checkpointer and the store into one IPython shell.
+
+Lives for the life of the kernel process. It is the one place that knows about ipykernel
+(IOPub publishing, the connection file, the parent of the current request); the parts it wires
+know only the shell's namespace and the store.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import types
+from typing import Any
+
+from .checkpointer import Checkpointer
+from .optimizer import NOMINAL_BANDWIDTH
+from .recorder import Recorder
+from .restore import RestoreReport, restore_session
+
+MESSAGE_CHECKPOINT = "elastic_checkpoint"
+MESSAGE_RESTORE = "elastic_restore"
+
+
+def session_name(environ: Any = os.environ) -> str:
+    """ELASTIC_PROXY_SESSION, else JPY_SESSION_NAME, else one derived from the connection file."""
+    for key in ("ELASTIC_PROXY_SESSION", "JPY_SESSION_NAME"):
+        if environ.get(key):
+            return str(environ[key])
+    try:
+        from ipykernel.connect import get_connection_file
+
+        base = os.path.basename(get_connection_file())
+    except Exception:
+        return f"ipython-{os.getpid()}"
+    for prefix in ("kernel-",):
+        base = base[len(prefix) :] if base.startswith(prefix) else base
+    return "kernel/" + os.path.splitext(base)[0]
+
+
+class Agent:
+    """One per shell: records, checkpoints, restores, answers %elastic."""
+
+    def __init__(self, shell: Any, store: Any, allow_fork: bool = True) -> None:
+        self.shell = shell
+        self.store = store
+        root = str(getattr(store, "root", ""))
+        self.recorder = Recorder(shell, ignore_prefixes=[root] if root and "://" not in root else [])
+        self.checkpointer = Checkpointer(
+            store,
+            namespace=lambda: self.shell.user_ns,
+            describe_state=self.describe_state,
+            publish=self._publish_checkpoint,
+            allow_fork=allow_fork,
+        )
+        self.recorder.listeners.append(self.checkpointer.on_cell)
+        self.pending_report: RestoreReport | None = None
+        self.last_report: RestoreReport | None = None
+        self._parent: Any = None
+
+    # lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.shell.events.register("pre_run_cell", self._before_cell)
+        self.recorder.register()
+        self.shell.events.register("post_run_cell", self._after_cell)
+
+    def stop(self) -> None:
+        self.recorder.unregister()
+        for event, hook in (("pre_run_cell", self._before_cell), ("post_run_cell", self._after_cell)):
+            try:
+                self.shell.events.unregister(event, hook)
+            except ValueError:
+                pass
+        self.checkpointer.wait(timeout=30)
+
+    def _before_cell(self, _info: Any) -> None:
+        self._parent = self._current_parent()
+        self.checkpointer.poll()
+        if self.pending_report is not None:
+            report, self.pending_report = self.pending_report, None
+            self.display(report.mimebundle())
+
+    def _after_cell(self, _result: Any) -> None:
+        self.checkpointer.poll()
+
+    # state for the checkpoint ----------------------------------------------------------------
+    def describe_state(self) -> tuple[dict[str, tuple[str, ...]], dict[str, Any], dict[str, int]]:
+        """Alias groups, the manifest body (without groups), and size estimates, for one write."""
+        rec = self.recorder
+        groups = {gid: tuple(sorted(names)) for gid, names in rec.alias_groups().items()}
+        ns = self.shell.user_ns
+        variables: dict[str, Any] = {}
+        for gid, names in groups.items():
+            for name in names:
+                value = ns[name]
+                entry = {
+                    "group": gid,
+                    "fingerprint": rec.fingerprints.get(name, b"").hex(),
+                    "type": f"{type(value).__module__}.{type(value).__qualname__}",
+                    "size": rec.sizes.get(name, 0),
+                    "opaque": name in rec.opaque,
+                }
+                if isinstance(value, types.GeneratorType):
+                    entry["generator_state"] = inspect.getgeneratorstate(value)
+                variables[name] = entry
+        cells = [cell.to_json() for _, cell in sorted(rec.graph.cells.items())]
+        count = max((c["execution_count"] for c in cells), default=0)
+        body = {
+            "cells": cells,
+            "graph": {"format": 1, "nominal_bandwidth": NOMINAL_BANDWIDTH},
+            "plan": {},
+            "variables": variables,
+            "execution_count": count,
+            "lost": {},
+        }
+        return groups, body, dict(rec.sizes)
+
+    # restore ---------------------------------------------------------------------------------
+    def restore(self, generation: int | None = None) -> RestoreReport:
+        """Restore into the shell and continue recording from the restored state."""
+        self.checkpointer.wait(timeout=60)
+        self.recorder.paused = True
+        try:
+            restored = restore_session(self.shell, self.store, generation, progress=self._publish_progress)
+        finally:
+            self.recorder.paused = False
+        rec = self.recorder
+        rec.graph = restored.graph
+        rec.fingerprints = {n: fp for n, fp in restored.fingerprints.items() if n in self.shell.user_ns}
+        rec.sizes = {}
+        rec.adopt(restored.names)
+        rec.fingerprints.update({n: fp for n, fp in restored.fingerprints.items() if fp})
+        self.checkpointer.adopt(restored.groups, restored.problems)
+        self.last_report = restored.report
+        self._publish(MESSAGE_RESTORE, {"phase": "done", "done_bytes": restored.report.bytes_loaded,
+                                        "total_bytes": restored.report.bytes_loaded,
+                                        "report": restored.report.to_json()})
+        return restored.report
+
+    def time_travel(self, cell: int) -> RestoreReport:
+        """The state after cell N: the newest valid generation whose last cell is <= N."""
+        self.checkpointer.wait(timeout=60)
+        target = None
+        for manifest in self.store.generations():
+            if manifest.valid and int(manifest.get("execution_count", 0)) <= cell:
+                target = manifest.generation
+                break
+        if target is None:
+            report = RestoreReport(session=self.store.session)
+            report.notes.append(f"no checkpoint at or before cell [{cell}]")
+            return report
+        self._clear_user_names()
+        report = self.restore(target)
+        self.recorder.discard_pending()
+        self.checkpointer.needs_commit = True
+        self.checkpointer.poll()
+        return report
+
+    def reset(self) -> None:
+        """Forget this session's checkpoints and clear the namespace."""
+        self.checkpointer.wait(timeout=60)
+        self.store.forget()
+        self._clear_user_names()
+        self.recorder.reset()
+        self.checkpointer.reset()
+
+    def _clear_user_names(self) -> None:
+        ns = self.shell.user_ns
+        for name in [n for n in ns if self.recorder.is_user_name(n)]:
+            del ns[name]
+
+    # messages to the supervisor and the user ---------------------------------------------------
+    def display(self, bundle: dict[str, str]) -> None:
+        from IPython.display import display
+
+        display(bundle, raw=True)
+
+    def _current_parent(self) -> Any:
+        kernel = getattr(self.shell, "kernel", None)
+        if kernel is None:
+            return None
+        try:
+            return kernel.get_parent("shell")
+        except Exception:
+            return None
+
+    def _publish(self, msg_type: str, content: dict[str, Any], parent: Any = None) -> None:
+        kernel = getattr(self.shell, "kernel", None)
+        if kernel is None or getattr(kernel, "iopub_socket", None) is None:
+            return
+        kernel.session.send(
+            kernel.iopub_socket,
+            msg_type,
+            content,
+            parent=parent if parent is not None else (self._parent or {}),
+            ident=kernel._topic(msg_type),
+        )
+
+    def _publish_checkpoint(self, content: dict[str, Any]) -> None:
+        self._publish(MESSAGE_CHECKPOINT, content)
+
+    def _publish_progress(self, phase: str, done: int, total: int) -> None:
+        content = {"phase": phase, "done_bytes": done, "total_bytes": total, "report": None}
+        self._publish(MESSAGE_RESTORE, content)

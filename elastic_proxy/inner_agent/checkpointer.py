@@ -1,0 +1,356 @@
+"""Checkpoints after every cell that changed state, without making the user wait.
+
+Small changes are written inline. Large ones go to a copy-on-write snapshot: `os.fork()` from the
+main thread in the hook, the forked process pickles the changed alias groups through the store,
+commits the manifest, reports the GroupRefs on a pipe and `os._exit`s. The user's next cell
+starts at once. At most one snapshot (or inline write) is in flight, so generations never race;
+changes made meanwhile accumulate and go with the next one. A watcher thread (no SIGCHLD handler)
+reads the pipe, reaps the process and records the outcome; the hooks start the next snapshot.
+
+The forked process touches no ZMQ socket, thread-owned lock or logging handler: it only pickles,
+writes files and writes to its pipe, then leaves with os._exit.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..store import GroupRef, SerializationError, StoreFullError
+from .filehandles import store_file_reducers
+from .graph import CellExecution
+
+INLINE_LIMIT = 1 << 20
+"""Estimated bytes of changed groups up to which writing inline beats forking."""
+
+
+@dataclass
+class Job:
+    """Everything one checkpoint writes: taken in the parent at start, read by the writer."""
+
+    dirty: dict[str, tuple[str, ...]]
+    base_groups: dict[str, Any]
+    base_problems: dict[str, str]
+    body: dict[str, Any]
+    changed_names: set[str]
+    cell: int
+    estimated_bytes: int
+    forked: bool = False
+
+
+@dataclass
+class Outcome:
+    """What a finished write reports back (the pipe carries it as JSON)."""
+
+    generation: int | None = None
+    groups: dict[str, Any] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
+    bytes: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, StoreFullError) or (isinstance(exc, OSError) and exc.errno == 28):
+        return f"disk full: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def write_job(store: Any, namespace: Mapping[str, Any], job: Job) -> Outcome:
+    """Pickle the dirty groups (one bad group never sinks the rest) and commit one manifest."""
+    started = time.perf_counter()
+    groups = dict(job.base_groups)
+    problems = {gid: why for gid, why in job.base_problems.items() if gid in groups}
+    written = 0
+    out = Outcome()
+    for gid, names in job.dirty.items():
+        try:
+            with store_file_reducers():
+                ref = store.put_group({name: namespace[name] for name in names})
+        except SerializationError as exc:
+            groups[gid] = None
+            problems[gid] = str(exc)
+            out.problems[gid] = str(exc)
+            out.groups[gid] = None
+            continue
+        ref_json = ref.to_json()
+        groups[gid] = ref_json
+        problems.pop(gid, None)
+        out.groups[gid] = ref_json
+        written += int(ref_json.get("size", 0))
+    body = dict(job.body)
+    body["groups"] = groups
+    variables = {}
+    for name, entry in body.get("variables", {}).items():
+        entry = dict(entry)
+        if entry.get("group") in problems:
+            entry["recompute_only"] = problems[entry["group"]]
+        variables[name] = entry
+    body["variables"] = variables
+    out.generation = store.commit(body)
+    out.bytes = written
+    out.seconds = time.perf_counter() - started
+    return out
+
+
+class Checkpointer:
+    """Keeps the store in step with the namespace, one write in flight at a time."""
+
+    def __init__(
+        self,
+        store: Any,
+        namespace: Callable[[], Mapping[str, Any]],
+        describe_state: Callable[[], tuple[dict[str, tuple[str, ...]], dict[str, Any], dict[str, int]]],
+        publish: Callable[[dict[str, Any]], None] | None = None,
+        inline_limit: int = INLINE_LIMIT,
+        allow_fork: bool = True,
+    ) -> None:
+        """`describe_state()` returns (alias groups gid -> names, manifest body without groups,
+        estimated size per name); it is called in the parent when a write starts."""
+        self.store = store
+        self._namespace = namespace
+        self._describe_state = describe_state
+        self.publish = publish
+        self.inline_limit = inline_limit
+        self.allow_fork = allow_fork and hasattr(os, "fork")
+        self.groups: dict[str, Any] = {}
+        self.problems: dict[str, str] = {}
+        self.changed: set[str] = set()
+        self.needs_commit = False
+        self.last: Outcome | None = None
+        self.last_cell: int | None = None
+        self.last_error: str | None = None
+        self.forks = 0
+        self._last_committed_cell: int | None = None
+        self._lock = threading.Lock()
+        self._inflight: Job | None = None
+        self._inflight_pid: int | None = None
+        self._inflight_started = 0.0
+        self._finished: tuple[Job, Outcome] | None = None
+        self._idle = threading.Event()
+        self._idle.set()
+
+    def reset(self) -> None:
+        """Forget what was written (after `%elastic reset`): the next write starts from scratch."""
+        self.wait()
+        self.groups, self.problems, self.changed = {}, {}, set()
+        self.needs_commit = False
+        self.last, self.last_cell, self.last_error = None, None, None
+
+    def adopt(self, groups: Mapping[str, Any], problems: Mapping[str, str]) -> None:
+        """Take the GroupRefs of a restored generation as the base, so unchanged groups are not rewritten."""
+        self.groups = dict(groups)
+        self.problems = dict(problems)
+
+    # hooks -----------------------------------------------------------------------------------
+    def on_cell(self, cell: CellExecution, *_: Any) -> None:
+        """post_run_cell listener: note what changed, then write if nothing is in flight."""
+        self.changed |= set(cell.written)
+        if cell.written:
+            self.needs_commit = True
+        self.last_cell = cell.execution_count
+        self.poll()
+
+    def poll(self) -> None:
+        """Collect a finished write, and start the next one if there is something to write."""
+        self._collect()
+        if self._inflight is None and self.needs_commit:
+            self._start()
+
+    @property
+    def busy(self) -> bool:
+        return self._inflight is not None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until everything changed so far is committed (for tests, magics and shutdown)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._collect()
+            if self._inflight is None and not self.needs_commit:
+                return True
+            if self._inflight is None:
+                self._start()
+                continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            self._idle.wait(remaining)
+
+    def status(self) -> dict[str, Any]:
+        inflight = self._inflight
+        return {
+            "last_generation": None if self.last is None else self.last.generation,
+            "last_cell": None if self.last is None else self._last_committed_cell,
+            "last_bytes": None if self.last is None else self.last.bytes,
+            "last_seconds": None if self.last is None else self.last.seconds,
+            "in_flight": None
+            if inflight is None
+            else {
+                "cell": inflight.cell,
+                "groups": sorted(inflight.dirty),
+                "forked": inflight.forked,
+                "seconds": time.perf_counter() - self._inflight_started,
+            },
+            "pending_names": sorted(self.changed),
+            "unserializable": dict(sorted(self.problems.items())),
+            "last_error": self.last_error,
+        }
+
+    # writing ---------------------------------------------------------------------------------
+    def _start(self) -> None:
+        groups, body, sizes = self._describe_state()
+        changed = set(self.changed)
+        dirty = {
+            gid: names
+            for gid, names in groups.items()
+            if gid not in self.groups or set(names) & changed
+        }
+        base = {gid: self.groups[gid] for gid in groups if gid not in dirty}
+        estimated = sum(sizes.get(name, 0) for names in dirty.values() for name in names)
+        job = Job(
+            dirty=dirty,
+            base_groups=base,
+            base_problems=dict(self.problems),
+            body=body,
+            changed_names=changed,
+            cell=int(body.get("execution_count", 0)),
+            estimated_bytes=estimated,
+        )
+        self.changed = set()
+        self.needs_commit = False
+        self._inflight = job
+        self._inflight_started = time.perf_counter()
+        self._idle.clear()
+        if self.allow_fork and estimated > self.inline_limit:
+            self._start_forked(job)
+        else:
+            self._run_inline(job)
+
+    def _run_inline(self, job: Job) -> None:
+        try:
+            outcome = write_job(self.store, self._namespace(), job)
+        except Exception as exc:
+            outcome = Outcome(error=describe_error(exc))
+        with self._lock:
+            self._finished = (job, outcome)
+        self._idle.set()
+        self._announce(job, outcome)
+        self._collect()
+
+    def _start_forked(self, job: Job) -> None:
+        job.forked = True
+        read_fd, write_fd = os.pipe()
+        namespace = self._namespace()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            _snapshot_process(self.store, namespace, job, read_fd, write_fd)
+        os.close(write_fd)
+        self.forks += 1
+        self._inflight_pid = pid
+        threading.Thread(
+            target=self._watch, args=(job, pid, read_fd), name="elastic-checkpoint-watch", daemon=True
+        ).start()
+
+    def _watch(self, job: Job, pid: int, read_fd: int) -> None:
+        chunks = []
+        with os.fdopen(read_fd, "rb") as pipe:
+            while True:
+                chunk = pipe.read(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        _, status = os.waitpid(pid, 0)
+        try:
+            outcome = Outcome(**json.loads(b"".join(chunks).decode()))
+        except (ValueError, TypeError):
+            outcome = Outcome(error=f"checkpoint process ended without a result ({_exit_reason(status)})")
+        with self._lock:
+            self._finished = (job, outcome)
+        self._idle.set()
+        self._announce(job, outcome)
+
+    def _announce(self, job: Job, outcome: Outcome) -> None:
+        """Tell the supervisor at once (IOPub sends are thread-safe in ipykernel)."""
+        if self.publish is None or outcome.error is not None:
+            return
+        try:
+            self.publish(
+                {
+                    "generation": outcome.generation,
+                    "cell": job.cell,
+                    "bytes": outcome.bytes,
+                    "seconds": round(outcome.seconds, 6),
+                }
+            )
+        except Exception as exc:
+            self.last_error = f"could not publish elastic_checkpoint: {describe_error(exc)}"
+
+    def _collect(self) -> None:
+        with self._lock:
+            finished, self._finished = self._finished, None
+        if finished is None:
+            return
+        job, outcome = finished
+        self._inflight = None
+        self._inflight_pid = None
+        if outcome.error is not None:
+            self.last_error = outcome.error
+            self.changed |= job.changed_names
+            self.needs_commit = True
+            return
+        self.groups = dict(job.base_groups)
+        self.groups.update(outcome.groups)
+        if job.forked:
+            for ref in outcome.groups.values():
+                if ref is not None:
+                    self.store.remember(GroupRef.from_json(ref))
+        self.problems = {gid: why for gid, why in self.problems.items() if gid in self.groups}
+        for gid in outcome.groups:
+            self.problems.pop(gid, None)
+        self.problems.update(outcome.problems)
+        self.last = outcome
+        self._last_committed_cell = job.cell
+        self.last_error = None
+
+
+def _snapshot_process(
+    store: Any, namespace: Mapping[str, Any], job: Job, read_fd: int, write_fd: int
+) -> None:
+    """Runs in the forked process; never returns."""
+    code = 1
+    try:
+        gc.disable()
+        os.close(read_fd)
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the process ends with os._exit)
+        warnings.simplefilter("ignore")
+        try:
+            store.after_fork()
+            outcome = write_job(store, namespace, job)
+            code = 0
+        except Exception as exc:
+            outcome = Outcome(error=describe_error(exc))
+        payload = json.dumps(outcome.to_json()).encode()
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(write_fd, view) :]
+    finally:
+        os._exit(code)
+
+
+def _exit_reason(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit status {os.WEXITSTATUS(status)}"

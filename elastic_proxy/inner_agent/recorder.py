@@ -1,0 +1,264 @@
+"""The pre/post_run_cell hooks: what each cell read, created, rebound, mutated and deleted.
+
+Cost follows what the cell touched, never the namespace size: the candidates are the names the
+cell's AST mentions, the globals of notebook-defined functions it calls, and the alias groups
+of those; only they are fingerprinted. A key-set diff of the namespace (cheap: keys only)
+catches names made dynamically (exec, globals()[...], star imports, magics).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+import types
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import aliasing, analysis, fingerprint, sideeffects
+from .graph import CellExecution, SessionGraph
+
+_IPYTHON_NAMES = frozenset(
+    {"In", "Out", "_", "__", "___", "_i", "_ii", "_iii", "_ih", "_oh", "_dh", "exit", "quit", "get_ipython"}
+)
+_IPYTHON_NUMBERED = re.compile(r"^_i{0,3}\d+$")
+
+
+def is_user_name(name: str, hidden: Iterable[str] = ()) -> bool:
+    """True for names the user made, False for IPython's own bookkeeping (In, Out, _12, _i3...)."""
+    if name in _IPYTHON_NAMES or _IPYTHON_NUMBERED.match(name):
+        return False
+    return name not in hidden
+
+
+def cell_facts(shell: Any, raw_cell: str, transformed: str | None) -> analysis.CellNames:
+    """The AST facts of a cell; the analysis looks inside %%time/%%capture/%%timeit bodies itself."""
+    if transformed is None:
+        transformed = shell.transform_cell(raw_cell)
+    return analysis.cell_names(transformed, transform=shell.transform_cell)
+
+
+def estimate_size(obj: Any, budget: int = 2000) -> int:
+    """Bytes, roughly, with bounded work: enough to choose inline vs forked writes and load costs."""
+    seen: set[int] = set()
+    stack = [obj]
+    total = 0
+    while stack and budget > 0:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        budget -= 1
+        nbytes = getattr(item, "nbytes", None)
+        if isinstance(nbytes, int) and not isinstance(item, type):
+            total += nbytes
+            continue
+        try:
+            total += sys.getsizeof(item)
+        except TypeError:
+            continue
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            if len(item) > budget:
+                total += sys.getsizeof(item[0] if isinstance(item, (list, tuple)) else 0) * len(item)
+                continue
+            stack.extend(item)
+        elif hasattr(item, "__dict__") and not isinstance(item, (type, types.ModuleType, types.FunctionType)):
+            stack.append(vars(item))
+    return total
+
+
+@dataclass
+class _Pending:
+    """What pre_run_cell saw, kept for post_run_cell."""
+
+    raw_cell: str
+    facts: analysis.CellNames
+    before_ids: dict[str, int]
+    candidates: set[str]
+    keys_before: set[str] | None
+    audit: Any
+    started: float
+
+
+CellListener = Callable[[CellExecution, "Recorder"], None]
+
+
+class Recorder:
+    """Records every cell execution into a SessionGraph and keeps fingerprints and alias groups."""
+
+    def __init__(
+        self, shell: Any, listeners: Iterable[CellListener] = (), ignore_prefixes: Iterable[str] = ()
+    ) -> None:
+        self.shell = shell
+        self.ignore_prefixes = tuple(ignore_prefixes)
+        self.graph = SessionGraph()
+        self.fingerprints: dict[str, bytes] = {}
+        self.opaque: set[str] = set()
+        self.sizes: dict[str, int] = {}
+        self.aliases = aliasing.AliasGroups()
+        self.listeners = list(listeners)
+        self.paused = False
+        self._pending: _Pending | None = None
+
+    @property
+    def namespace(self) -> dict[str, Any]:
+        return self.shell.user_ns
+
+    def is_user_name(self, name: str) -> bool:
+        return is_user_name(name, getattr(self.shell, "user_ns_hidden", ()))
+
+    def discard_pending(self) -> None:
+        """Do not record the running cell (it replaced the whole state, e.g. a time travel)."""
+        if self._pending is not None:
+            self._pending.audit.stop()
+        self._pending = None
+
+    def reset(self) -> None:
+        """Forget everything recorded (the namespace was cleared)."""
+        self.discard_pending()
+        self.graph = SessionGraph()
+        self.fingerprints, self.sizes, self.opaque = {}, {}, set()
+        self.aliases = aliasing.AliasGroups()
+
+    def register(self) -> None:
+        self.shell.events.register("pre_run_cell", self.pre_run_cell)
+        self.shell.events.register("post_run_cell", self.post_run_cell)
+
+    def unregister(self) -> None:
+        for event, hook in (("pre_run_cell", self.pre_run_cell), ("post_run_cell", self.post_run_cell)):
+            try:
+                self.shell.events.unregister(event, hook)
+            except ValueError:
+                pass
+
+    def pre_run_cell(self, info: Any) -> None:
+        if self.paused:
+            return
+        raw = info.raw_cell or ""
+        facts = cell_facts(self.shell, raw, getattr(info, "transformed_cell", None))
+        ns = self.namespace
+        called = analysis.called_globals(facts.calls | facts.loads, ns)
+        touched = facts.candidates | facts.deletes | called.names
+        if called.dynamic:
+            facts.flag_dynamic("a called function uses globals() or exec")
+        candidates = self._with_aliases({n for n in touched if self.is_user_name(n)})
+        before_ids = {name: id(ns[name]) for name in candidates if name in ns}
+        keys_before = set(ns) if facts.dynamic else None
+        audit = sideeffects.AuditRecorder(self.ignore_prefixes)
+        audit.start()
+        self._pending = _Pending(raw, facts, before_ids, candidates, keys_before, audit, time.perf_counter())
+
+    def post_run_cell(self, result: Any) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or self.paused:
+            return
+        runtime = time.perf_counter() - pending.started
+        events = pending.audit.stop(pending.facts.seeds)
+        ns = self.namespace
+        candidates = set(pending.candidates)
+        if pending.keys_before is not None:
+            keys_after = set(ns)
+            moved = (keys_after - pending.keys_before) | (pending.keys_before - keys_after)
+            candidates |= self._with_aliases({n for n in moved if self.is_user_name(n)})
+        created, rebound, mutated, deleted = set(), set(), set(), set()
+        for name in sorted(candidates):
+            existed = name in pending.before_ids
+            if name not in ns:
+                if existed or name in self.fingerprints:
+                    deleted.add(name)
+                    self._forget(name)
+                continue
+            value = ns[name]
+            if isinstance(value, types.ModuleType) and existed and pending.before_ids[name] == id(value):
+                continue
+            new_fp = self._fingerprint(value)
+            if not existed and name not in self.fingerprints:
+                created.add(name)
+            elif not existed or pending.before_ids[name] != id(value):
+                rebound.add(name)
+            elif new_fp is None or name in self.opaque or self.fingerprints.get(name) != new_fp.digest:
+                mutated.add(name)
+            else:
+                continue
+            self._remember(name, value, new_fp)
+        changed = created | rebound | mutated
+        if changed or deleted:
+            self.aliases.update(ns, changed, deleted)
+        cell = CellExecution(
+            index=len(self.graph.cells),
+            execution_count=int(getattr(result, "execution_count", None) or self.shell.execution_count),
+            code=pending.raw_cell,
+            runtime=runtime,
+            reads=frozenset(n for n in pending.candidates if n in pending.before_ids),
+            created=frozenset(created),
+            rebound=frozenset(rebound),
+            mutated=frozenset(mutated),
+            deleted=frozenset(deleted),
+            error=_error_name(result),
+            side_effects=tuple(events.side_effects),
+            destructive=tuple(events.destructive),
+            nondeterministic=tuple(pending.facts.nondeterministic) + tuple(events.nondeterministic),
+        )
+        self.graph.add_cell(cell)
+        for listener in self.listeners:
+            listener(cell, self)
+
+    def _with_aliases(self, names: set[str]) -> set[str]:
+        out = set(names)
+        for name in names:
+            out |= set(self.aliases.group_of(name))
+        return out
+
+    def _fingerprint(self, value: Any) -> fingerprint.Fingerprint | None:
+        try:
+            return fingerprint.inspect(value)
+        except Exception:
+            return None
+
+    def _remember(self, name: str, value: Any, fp: fingerprint.Fingerprint | None) -> None:
+        self.fingerprints[name] = fp.digest if fp is not None else b""
+        if fp is None or fp.opaque:
+            self.opaque.add(name)
+        else:
+            self.opaque.discard(name)
+        self.sizes[name] = estimate_size(value)
+
+    def _forget(self, name: str) -> None:
+        self.fingerprints.pop(name, None)
+        self.sizes.pop(name, None)
+        self.opaque.discard(name)
+
+    def live_variables(self) -> list[str]:
+        """The user's names that exist now and that the recorder has seen."""
+        ns = self.namespace
+        return sorted(name for name in self.fingerprints if name in ns)
+
+    def alias_groups(self) -> dict[str, frozenset[str]]:
+        """Current alias groups of live variables, keyed by a stable id (the sorted member names)."""
+        live = set(self.live_variables())
+        groups: dict[str, frozenset[str]] = {}
+        done: set[str] = set()
+        for name in sorted(live):
+            if name in done:
+                continue
+            members = frozenset(set(self.aliases.group_of(name)) & live | {name})
+            done |= members
+            groups[",".join(sorted(members))] = members
+        return groups
+
+    def adopt(self, names: Iterable[str]) -> None:
+        """Start tracking names that appeared outside a recorded cell (after a restore)."""
+        ns = self.namespace
+        names = [n for n in names if n in ns and self.is_user_name(n)]
+        for name in names:
+            self._remember(name, ns[name], self._fingerprint(ns[name]))
+        if names:
+            self.aliases.update(ns, set(names), set())
+
+
+def _error_name(result: Any) -> str | None:
+    error = getattr(result, "error_in_exec", None) or getattr(result, "error_before_exec", None)
+    return None if error is None else type(error).__name__

@@ -1,0 +1,141 @@
+"""Checkpointer against a real store on disk: forked writes, one in flight, coalescing, per-group failures."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from elastic_proxy.inner_agent.checkpointer import Checkpointer
+from elastic_proxy.inner_agent.graph import CellExecution
+from elastic_proxy.store import StoreFullError, open_store
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+class PidProbe:
+    """Pickling it records which process pickled it, and can be made slow."""
+
+    def __init__(self, path: str, delay: float = 0.0) -> None:
+        self.path, self.delay = path, delay
+
+    def __reduce__(self):
+        with open(self.path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(self.delay)
+        return (PidProbe, (self.path, 0.0))
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("ELASTIC_PROXY_SECRET_FILE", str(tmp_path / "secret"))
+    return open_store("unit/checkpointer", str(tmp_path / "store"))
+
+
+def make(store, ns: dict, inline_limit: int = 0, published: list | None = None) -> Checkpointer:
+    def describe():
+        groups = {name: (name,) for name in sorted(ns)}
+        body = {
+            "cells": [],
+            "variables": {n: {"group": n, "fingerprint": "", "type": type(v).__name__, "size": 0}
+                          for n, v in ns.items()},
+            "execution_count": len(ns),
+        }
+        return groups, body, {name: 10**9 for name in ns}
+
+    return Checkpointer(store, lambda: ns, describe, publish=None if published is None else published.append,
+                        inline_limit=inline_limit)
+
+
+def cell(count: int, *written: str) -> CellExecution:
+    return CellExecution(index=count - 1, execution_count=count, code="", created=frozenset(written))
+
+
+def test_fork_path_really_forks_and_commits(store, tmp_path):
+    probe_file = str(tmp_path / "pids")
+    ns = {"a": np.arange(1000), "probe": PidProbe(probe_file)}
+    published: list = []
+    cp = make(store, ns, published=published)
+    cp.on_cell(cell(1, "a", "probe"))
+    assert cp.wait(timeout=30)
+    assert cp.forks == 1
+    pids = {int(line) for line in Path(probe_file).read_text().split()}
+    assert pids and os.getpid() not in pids
+    latest = store.latest()
+    assert latest.generation == cp.last.generation
+    assert set(latest.groups()) == {"a", "probe"}
+    np.testing.assert_array_equal(store.load_group(latest.groups()["a"])["a"], ns["a"])
+    assert published == [{"generation": latest.generation, "cell": 2, "bytes": cp.last.bytes,
+                          "seconds": round(cp.last.seconds, 6)}]
+
+
+def test_one_in_flight_and_later_changes_coalesce(store, tmp_path):
+    ns = {"slow": PidProbe(str(tmp_path / "pids"), delay=1.0)}
+    cp = make(store, ns)
+    started = time.perf_counter()
+    cp.on_cell(cell(1, "slow"))
+    assert time.perf_counter() - started < 0.5, "the parent must not wait for the forked writer"
+    assert cp.busy
+    ns["x"] = np.ones(10)
+    cp.on_cell(cell(2, "x"))
+    ns["y"] = np.zeros(10)
+    cp.on_cell(cell(3, "y"))
+    assert cp.forks == 1, "a second snapshot started while one was in flight"
+    assert cp.status()["pending_names"] == ["x", "y"]
+    assert cp.wait(timeout=30)
+    assert cp.forks == 2, "cells 2 and 3 should go together in one snapshot"
+    generations = [m for m in store.generations() if m.valid]
+    assert len(generations) == 2
+    assert set(generations[0].groups()) == {"slow", "x", "y"}
+    assert generations[0].groups()["slow"] == generations[1].groups()["slow"], "unchanged group rewritten"
+
+
+def test_unserializable_group_never_sinks_the_checkpoint(store):
+    def gen():
+        yield 1
+
+    ns = {"arr": np.arange(5), "g": gen(), "sock_like": threading.Lock(), "n": 3}
+    cp = make(store, ns, inline_limit=1 << 40)
+    cp.on_cell(cell(1, *ns))
+    assert cp.wait(timeout=30)
+    assert cp.forks == 0, "small changes are written inline"
+    latest = store.latest()
+    refs = latest.groups()
+    assert refs["g"] is None
+    assert refs["arr"] is not None and refs["n"] is not None
+    assert "recompute_only" in latest.body["variables"]["g"]
+    assert "recompute_only" not in latest.body["variables"]["arr"]
+    assert "g" in cp.status()["unserializable"]
+
+
+class FullStore:
+    """The real store, except that the disk fills up at commit."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def commit(self, body):
+        raise StoreFullError("the checkpoint store is full (No space left on device)")
+
+
+@pytest.mark.parametrize("inline_limit", [0, 1 << 40], ids=["forked", "inline"])
+def test_failure_is_reported_and_changes_are_kept_for_the_next_try(store, inline_limit):
+    ns = {"a": np.arange(10)}
+    cp = make(FullStore(store), ns, inline_limit=inline_limit)
+    cp.on_cell(cell(1, "a"))
+    cp.wait(timeout=0) if inline_limit else cp._idle.wait(30)
+    cp.poll()
+    status = cp.status()
+    assert status["last_error"].startswith("disk full:")
+    assert status["last_generation"] is None
+    cp.store = store
+    assert cp.wait(timeout=30)
+    assert cp.status()["last_error"] is None
+    assert set(store.latest().groups()) == {"a"}
