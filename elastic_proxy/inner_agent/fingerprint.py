@@ -18,6 +18,7 @@ import pickle
 import struct
 import sys
 import types
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,10 +145,9 @@ def _slot_names(cls: type) -> tuple[str, ...]:
     return tuple(names)
 
 
-@functools.lru_cache(maxsize=1024)
-def _is_plain_class(cls: type) -> bool:
-    """Defined in Python, no C base but object, pickled the default way: its state is exactly
-    its __dict__ and slots, which can be walked directly (faster than __reduce_ex__)."""
+def _looks_plain(cls: type) -> bool:
+    """No C base but object, pickled the default way: its state is exactly its __dict__ and
+    slots, which can be walked directly (faster than __reduce_ex__)."""
     if not all(k is object or k.__flags__ & _HEAPTYPE for k in cls.__mro__):
         return False
     if cls.__reduce_ex__ is not object.__reduce_ex__ or cls.__reduce__ is not object.__reduce__:
@@ -156,9 +156,55 @@ def _is_plain_class(cls: type) -> bool:
     return getstate is None or getstate is getattr(object, "__getstate__", None)
 
 
+_plain_classes: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+
+
+def _is_plain(obj: Any) -> bool:
+    """Extension types can be heap types too (a lock is one): the first instance of each class
+    is also pickled the default way, which refuses C state it cannot see."""
+    cls = type(obj)
+    try:
+        return _plain_classes[cls]
+    except (KeyError, TypeError):
+        pass
+    plain = _looks_plain(cls)
+    if plain:
+        try:
+            obj.__reduce_ex__(4)
+        except Exception:
+            plain = False
+    try:
+        _plain_classes[cls] = plain
+    except TypeError:
+        pass
+    return plain
+
+
 _DESCRIPTOR_TYPES = (
     types.MemberDescriptorType, types.GetSetDescriptorType, types.WrapperDescriptorType,
     types.MethodDescriptorType, types.MethodWrapperType, types.ClassMethodDescriptorType,
+)
+
+
+_handler_names: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()
+# Checked in order, after numpy and pandas; the exact builtin types are found first this way too.
+_HANDLERS_BY_BASE: tuple[tuple[Any, str], ...] = (
+    (list, "_list"),
+    (tuple, "_tuple"),
+    (dict, "_dict"),
+    ((set, frozenset), "_set"),
+    ((bytes, bytearray, memoryview, mmap.mmap, array.array), "_buffer"),
+    ((int, float, str, complex), "_atom_subclass"),
+    (types.FunctionType, "_function"),
+    (types.CodeType, "_code"),
+    (types.MethodType, "_method"),
+    (types.BuiltinFunctionType, "_builtin"),
+    (types.ModuleType, "_module"),
+    (type, "_class"),
+    ((staticmethod, classmethod), "_wrapper"),
+    (property, "_property"),
+    (_DESCRIPTOR_TYPES, "_descriptor"),
+    (types.CellType, "_cell"),
 )
 
 
@@ -201,7 +247,7 @@ class _Walker:
 
     def _header(self, tag: bytes, cls: type, length: int = 0) -> None:
         path = _type_path(cls)
-        self._emit(tag + _pack_Q(len(path)) + path + _pack_Q(length))
+        self._emit(b"".join((tag, _pack_Q(len(path)), path, _pack_Q(length))))
 
     def _opaque(self, obj: Any) -> None:
         self.opaque_types.append(_type_path(type(obj)).decode())
@@ -273,64 +319,92 @@ class _Walker:
 
     def _visit(self, obj: Any) -> None:
         cls = type(obj)
-        numpy = self.numpy
-        if numpy is not None and isinstance(obj, numpy.ndarray):
-            self._ndarray(obj)
-        elif numpy is not None and isinstance(obj, numpy.generic):
-            self._header(b"g", cls)
-            self._emit(str(obj.dtype.str).encode() + obj.tobytes())
-        elif self.pandas is not None and self._pandas(obj):
-            pass
-        elif isinstance(obj, (list, tuple)):
-            self._sequence(obj, b"L" if isinstance(obj, list) else b"U")
-        elif isinstance(obj, dict):
-            self._dict(obj)
-        elif isinstance(obj, (set, frozenset)):
-            self._set(obj)
-        elif isinstance(obj, (bytes, bytearray, memoryview, mmap.mmap, array.array)):
-            self._buffer(obj)
-        elif isinstance(obj, (int, float, str, complex)):
-            self._header(b"v", cls)
-            self.stack.append(self._instance_state(obj))
-            self.stack.append(cls.__base__(obj) if cls.__base__ in self.atoms else repr(obj))
-        elif isinstance(obj, types.FunctionType):
-            self._function(obj)
-        elif isinstance(obj, types.CodeType):
-            self._code(obj)
-        elif isinstance(obj, types.MethodType):
-            self._header(b"m", cls)
-            self.stack.extend([obj.__func__, obj.__self__])
-        elif isinstance(obj, types.BuiltinFunctionType):
-            self._header(b"B", cls)
-            self._str(getattr(obj, "__qualname__", obj.__name__))
-            owner = obj.__self__
-            if owner is not None and not isinstance(owner, types.ModuleType):
-                self.stack.append(owner)
-        elif isinstance(obj, types.ModuleType):
-            self._header(b"M", cls)
-            self._str(obj.__name__)
-        elif isinstance(obj, type):
-            self._class(obj)
-        elif isinstance(obj, (staticmethod, classmethod)):
-            self._header(b"d", cls)
-            self.stack.append(obj.__func__)
-        elif isinstance(obj, property):
-            self._header(b"p", cls)
-            self._push_all([obj.fget, obj.fset, obj.fdel])
-        elif isinstance(obj, _DESCRIPTOR_TYPES):
-            self._header(b"D", cls)
-            self._str(getattr(obj, "__qualname__", getattr(obj, "__name__", "")))
-        elif isinstance(obj, types.CellType):
-            self._header(b"C", cls)
+        try:
+            name = _handler_names.get(cls)
+        except TypeError:  # an unhashable class
+            name = None
+        if name is None:
+            name = self._choose(obj)
             try:
-                self.stack.append(obj.cell_contents)
-            except ValueError:
-                self._emit(b"-")
-        elif _is_plain_class(cls):
-            self._header(b"o", cls)
+                _handler_names[cls] = name
+            except TypeError:
+                pass
+        getattr(self, name)(obj)
+
+    def _choose(self, obj: Any) -> str:
+        """The handler for a class: a property of the class alone, so it is chosen once."""
+        numpy, pandas = self.numpy, self.pandas
+        if numpy is not None and isinstance(obj, numpy.ndarray):
+            return "_ndarray"
+        if numpy is not None and isinstance(obj, numpy.generic):
+            return "_numpy_scalar"
+        if pandas is not None and isinstance(obj, (pandas.DataFrame, pandas.Series, pandas.Index)):
+            return "_pandas"
+        for kinds, name in _HANDLERS_BY_BASE:
+            if isinstance(obj, kinds):
+                return name
+        return "_plain" if _is_plain(obj) else "_reduced"
+
+    def _list(self, obj: list[Any]) -> None:
+        self._sequence(obj, b"L")
+
+    def _tuple(self, obj: tuple[Any, ...]) -> None:
+        self._sequence(obj, b"U")
+
+    def _numpy_scalar(self, obj: Any) -> None:
+        self._header(b"g", type(obj))
+        self._emit(str(obj.dtype.str).encode() + obj.tobytes())
+
+    def _atom_subclass(self, obj: Any) -> None:
+        cls = type(obj)
+        self._header(b"v", cls)
+        self.stack.append(self._instance_state(obj))
+        for base in cls.__mro__:
+            if base in self.atoms:
+                self.stack.append(base(obj))
+                return
+        self.stack.append(repr(obj))
+
+    def _method(self, obj: types.MethodType) -> None:
+        self._header(b"m", type(obj))
+        self.stack.extend([obj.__func__, obj.__self__])
+
+    def _builtin(self, obj: types.BuiltinFunctionType) -> None:
+        self._header(b"B", type(obj))
+        self._str(getattr(obj, "__qualname__", obj.__name__))
+        owner = obj.__self__
+        if owner is not None and not isinstance(owner, types.ModuleType):
+            self.stack.append(owner)
+
+    def _module(self, obj: types.ModuleType) -> None:
+        self._header(b"M", type(obj))
+        self._str(obj.__name__)
+
+    def _wrapper(self, obj: staticmethod | classmethod) -> None:
+        self._header(b"d", type(obj))
+        self.stack.append(obj.__func__)
+
+    def _property(self, obj: property) -> None:
+        self._header(b"p", type(obj))
+        self._push_all([obj.fget, obj.fset, obj.fdel])
+
+    def _descriptor(self, obj: Any) -> None:
+        self._header(b"D", type(obj))
+        self._str(getattr(obj, "__qualname__", getattr(obj, "__name__", "")))
+
+    def _cell(self, obj: types.CellType) -> None:
+        self._header(b"C", type(obj))
+        try:
+            self.stack.append(obj.cell_contents)
+        except ValueError:
+            self._emit(b"-")
+
+    def _plain(self, obj: Any) -> None:
+        self._header(b"o", type(obj))
+        if _slot_names(type(obj)):
             self.stack.append(self._instance_state(obj))
         else:
-            self._reduced(obj)
+            self.stack.append(getattr(obj, "__dict__", None))
 
     # -- containers ------------------------------------------------------------------------------
 
@@ -428,16 +502,15 @@ class _Walker:
             flat = numpy.ascontiguousarray(arr).reshape(-1)
         self._emit_large(flat.view(numpy.uint8))
 
-    def _pandas(self, obj: Any) -> bool:
+    def _pandas(self, obj: Any) -> None:
         """DataFrame, Series, Index: pandas' own vectorised row hashes, plus labels and dtypes.
         Objects it cannot hash (lists in cells) go the generic way."""
         pandas = self.pandas
-        if not isinstance(obj, (pandas.DataFrame, pandas.Series, pandas.Index)):
-            return False
         try:
             rows = pandas.util.hash_pandas_object(obj, index=not isinstance(obj, pandas.Index))
         except (TypeError, ValueError):
-            return False
+            self._reduced(obj)
+            return
         self._header(b"P", type(obj), len(obj))
         dtypes = obj.dtypes if isinstance(obj, pandas.DataFrame) else [obj.dtype]
         self._emit(repr([str(t) for t in dtypes]).encode())
@@ -446,7 +519,6 @@ class _Walker:
         labels.append(obj.index.names if not isinstance(obj, pandas.Index) else obj.names)
         labels.append(dict(obj.attrs) if hasattr(obj, "attrs") else None)
         self._push_all(labels)
-        return True
 
     # -- code ------------------------------------------------------------------------------------
 

@@ -1,0 +1,459 @@
+"""Fingerprints: mutations anywhere are seen, equal plain data is not reported, and digests are
+the same in a new process."""
+
+from __future__ import annotations
+
+import collections
+import copy
+import dataclasses
+import enum
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from elastic_proxy.inner_agent.fingerprint import Tracker, fingerprint, inspect
+
+MARK = "Z!"  # never produced by the strategies below (their text uses "abcde")
+
+
+class Box:
+    """A plain object: its state is its __dict__."""
+
+    def __init__(self, **attrs: Any) -> None:
+        self.__dict__.update(attrs)
+
+
+class Slotted:
+    __slots__ = ("left", "right")
+
+    def __init__(self, left: Any, right: Any) -> None:
+        self.left = left
+        self.right = right
+
+
+# -- strategies -----------------------------------------------------------------------------------
+
+_text = st.text(alphabet="abcde", max_size=5)
+_hashable = st.one_of(st.integers(-(10**20), 10**20), _text, st.none(), st.booleans(),
+                      st.floats(allow_nan=False))
+_arrays = st.builds(
+    lambda values, dtype: np.array(values, dtype=dtype),
+    st.lists(st.integers(-100, 100), min_size=1, max_size=6),
+    st.sampled_from(["int64", "int32", "float64"]),
+)
+_bulk = st.lists(st.one_of(st.integers(-1000, 1000), _text), min_size=32, max_size=40)  # fast path
+_leaves = st.one_of(_hashable, _arrays, _bulk)
+
+
+def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(
+        st.lists(children, max_size=5),
+        st.dictionaries(_text, children, max_size=5),
+        st.tuples(children, children),
+        st.builds(lambda attrs: Box(**attrs), st.dictionaries(st.sampled_from(["p", "q", "r"]), children,
+                                                              max_size=3)),
+        st.builds(Slotted, children, children),
+        st.sets(_hashable, max_size=4),
+        st.frozensets(_hashable, max_size=4),
+    )
+
+
+structures = st.recursive(_leaves, _containers, max_leaves=20)
+
+
+def mutable_nodes(root: Any) -> list[Any]:
+    """Every mutable object reachable from root, found independently of the code under test."""
+    found, seen, stack = [], set(), [root]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen or isinstance(item, (int, float, str, bytes, type(None))):
+            continue
+        seen.add(id(item))
+        if isinstance(item, (list, dict, set, Box, Slotted, np.ndarray)):
+            found.append(item)
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        elif isinstance(item, Box):
+            stack.extend(vars(item).values())
+        elif isinstance(item, Slotted):
+            stack.extend([item.left, item.right])
+    return found
+
+
+def reaches(root: Any, target: Any) -> bool:
+    return any(node is target for node in mutable_nodes(root))
+
+
+def mutate(target: Any, data: st.DataObject) -> None:
+    if isinstance(target, list):
+        if target and data.draw(st.booleans()):
+            target[data.draw(st.integers(0, len(target) - 1))] = MARK
+        else:
+            target.append(MARK)
+    elif isinstance(target, dict):
+        if target and data.draw(st.booleans()):
+            target[data.draw(st.sampled_from(sorted(target)))] = MARK
+        else:
+            target[MARK] = 1
+    elif isinstance(target, set):
+        target.add(MARK)
+    elif isinstance(target, Box):
+        setattr(target, data.draw(st.sampled_from(["p", "zz"])), MARK)
+    elif isinstance(target, Slotted):
+        target.right = MARK
+    else:
+        target.flat[data.draw(st.integers(0, target.size - 1))] += 1
+
+
+# -- properties ------------------------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_mutation_is_seen_by_exactly_the_names_that_reach_it(data):
+    a = data.draw(structures, label="a")
+    candidates = mutable_nodes(a)
+    assume(candidates)
+    target = candidates[data.draw(st.integers(0, len(candidates) - 1), label="target")]
+    namespace = {
+        "a": a,
+        "b": [data.draw(_hashable), target],  # another variable holding an alias
+        "c": copy.deepcopy(a),  # equal, shares nothing: must stay unchanged
+        "d": data.draw(structures, label="d"),
+    }
+    tracker = Tracker()
+    for name, value in namespace.items():
+        assert tracker.update(name, value)  # new names are changes
+    via_alias = data.draw(st.booleans(), label="through b")
+    mutate(namespace["b"][1] if via_alias else target, data)
+    changed = {name for name, value in namespace.items() if tracker.update(name, value)}
+    assert changed == {name for name, value in namespace.items() if reaches(value, target)}
+    assert {"a", "b"} <= changed
+
+
+@settings(max_examples=150, deadline=None)
+@given(structures)
+def test_equal_plain_data_gives_equal_fingerprints(value):
+    tracker = Tracker()
+    tracker.update("x", value)
+    assert not tracker.update("x", value)
+    assert not tracker.update("x", copy.deepcopy(value))
+    assert not inspect(value).opaque
+
+
+# -- objects and attributes --------------------------------------------------------------------------
+
+
+def test_instance_attribute_assignment():
+    box = Box(v=1, items=[1, 2])
+    before = fingerprint(box)
+    box.v = 2
+    assert fingerprint(box) != before
+    box.v = 1
+    assert fingerprint(box) == before
+
+
+def test_slots_and_unset_slots():
+    thing = Slotted(1, 2)
+    before = fingerprint(thing)
+    thing.right = 3
+    assert fingerprint(thing) != before
+    del thing.right
+    assert fingerprint(thing) not in (before, fingerprint(Slotted(1, 3)))
+
+
+def test_edit_deep_inside_a_dict_of_arrays():
+    state = {"layers": [{"w": np.zeros((50, 50)), "b": np.zeros(50)} for _ in range(3)]}
+    before = fingerprint(state)
+    state["layers"][2]["w"][49, 7] = 1e-9
+    assert fingerprint(state) != before
+
+
+def test_dataclass_and_custom_getstate():
+    @dataclasses.dataclass
+    class Point:
+        x: int
+        tags: list
+
+    class Stateful:
+        def __init__(self) -> None:
+            self.hidden = [1]
+
+        def __getstate__(self) -> dict:
+            return {"hidden": self.hidden}
+
+        def __setstate__(self, state: dict) -> None:
+            self.__dict__.update(state)
+
+    point, stateful = Point(1, []), Stateful()
+    before = fingerprint(point), fingerprint(stateful)
+    point.tags.append("t")
+    stateful.hidden.append(2)
+    assert fingerprint(point) != before[0]
+    assert fingerprint(stateful) != before[1]
+
+
+def test_containers_from_collections():
+    counts = collections.Counter("abca")
+    ordered = collections.OrderedDict(a=1)
+    queue = collections.deque([1, 2], maxlen=5)
+    groups = collections.defaultdict(list)
+    before = [fingerprint(v) for v in (counts, ordered, queue, groups)]
+    counts["z"] += 1
+    ordered.move_to_end("a", last=False)
+    ordered["b"] = 2
+    queue.appendleft(0)
+    groups["k"].append(1)
+    after = [fingerprint(v) for v in (counts, ordered, queue, groups)]
+    assert all(b != a for b, a in zip(before, after))
+
+
+def test_types_are_part_of_the_value():
+    class Colour(enum.IntEnum):
+        RED = 1
+
+    assert fingerprint(1) != fingerprint(True) != fingerprint(1.0)
+    assert fingerprint([1] * 40) != fingerprint([True] + [1] * 39)
+    assert fingerprint([1] * 40) != fingerprint([Colour.RED] + [1] * 39)
+    assert fingerprint(b"ab") != fingerprint(bytearray(b"ab"))
+    assert fingerprint((1, 2)) != fingerprint([1, 2])
+    assert fingerprint(2**80) != fingerprint(2**80 + 1)
+
+
+def test_cycles():
+    ring: list[Any] = [1]
+    ring.append(ring)
+    table: dict[str, Any] = {}
+    table["self"] = table
+    assert fingerprint(ring) == fingerprint(ring)
+    before = fingerprint(table)
+    table["x"] = 1
+    assert fingerprint(table) != before
+
+
+def test_deep_structures_do_not_hit_the_recursion_limit():
+    head: Any = None
+    for value in range(20_000):
+        head = Box(value=value, next=head)
+    before = fingerprint(head)
+    tail = head
+    while tail.next is not None:
+        tail = tail.next
+    tail.value = -1
+    assert fingerprint(head) != before
+
+
+def test_sets_ignore_insertion_order_but_not_content():
+    words = [f"w{i}" for i in range(100)]
+    assert fingerprint(set(words)) == fingerprint(set(reversed(words)))
+    mixed = [1, "a", (2, "b"), None, frozenset({"c"})]
+    assert fingerprint(set(mixed)) == fingerprint(set(reversed(mixed)))
+    assert fingerprint(set(words)) != fingerprint(set(words[1:]))
+
+
+def test_big_plain_data_and_one_odd_element():
+    values = list(range(1000))
+    before = fingerprint(values)
+    values[500] = np.int64(500)  # equal, but not a plain int
+    assert fingerprint(values) != before
+    values[500] = 500
+    assert fingerprint(values) == before
+    records = [{"id": i, "tags": {"x"}} for i in range(40)]  # sets are not plain data
+    assert fingerprint(records) == fingerprint(copy.deepcopy(records))
+
+
+# -- numpy --------------------------------------------------------------------------------------------
+
+
+def test_array_dtype_shape_and_views():
+    assert fingerprint(np.zeros(4, np.int32)) != fingerprint(np.zeros(2, np.int64))
+    matrix = np.arange(12.0).reshape(3, 4)
+    before = fingerprint(matrix)
+    matrix.shape = (4, 3)
+    assert fingerprint(matrix) != before
+    column = matrix[:, 1]  # not contiguous
+    view_before, base_before = fingerprint(column), fingerprint(matrix)
+    column[2] = -1
+    assert fingerprint(column) != view_before
+    assert fingerprint(matrix) != base_before
+    assert fingerprint(np.asfortranarray(matrix)) == fingerprint(np.asfortranarray(matrix.copy()))
+
+
+def test_object_and_structured_arrays():
+    holder = np.empty(2, dtype=object)
+    holder[0], holder[1] = [1], {"k": 2}
+    before = fingerprint(holder)
+    holder[0].append(2)
+    assert fingerprint(holder) != before
+    records = np.zeros(3, dtype=[("a", "i4"), ("b", "f8")])
+    before = fingerprint(records)
+    records["b"][1] = 2.5
+    assert fingerprint(records) != before
+    assert fingerprint(np.datetime64("2024-01-01")) != fingerprint(np.datetime64("2024-01-02"))
+
+
+def test_generator_states_are_values():
+    rng = np.random.default_rng(1)
+    stdlib = random.Random(1)
+    before = fingerprint(rng), fingerprint(stdlib)
+    rng.random()
+    stdlib.random()
+    assert (fingerprint(rng), fingerprint(stdlib)) != before
+    assert fingerprint(np.random.default_rng(1)) == before[0]
+    assert not inspect(rng).opaque
+
+
+def test_pandas_objects():
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"]})
+    before = fingerprint(frame)
+    assert fingerprint(frame.copy()) == before
+    frame.loc[1, "b"] = "q"
+    assert fingerprint(frame) != before
+    renamed = frame.rename(columns={"a": "c"})
+    assert fingerprint(renamed) != fingerprint(frame)
+    series = pd.Series([[1], [2]])  # lists: pandas cannot hash them, the generic walk does
+    before = fingerprint(series)
+    series[0].append(5)
+    assert fingerprint(series) != before
+
+
+# -- functions and classes ------------------------------------------------------------------------------
+
+
+def _notebook(source: str, filename: str = "<cell-1>") -> dict:
+    namespace: dict = {"__name__": "__main__"}
+    exec(compile(textwrap.dedent(source), filename, "exec"), namespace)
+    return namespace
+
+
+def test_notebook_functions_by_code_defaults_and_closure():
+    first = _notebook("def f(x):\n    return x + 1\n")["f"]
+    same = _notebook("\n\n\ndef f(x):\n    return x + 1\n", filename="<cell-7>")["f"]
+    other = _notebook("def f(x):\n    return x + 2\n")["f"]
+    assert fingerprint(first) == fingerprint(same)  # file name and line numbers do not count
+    assert fingerprint(first) != fingerprint(other)
+    ns = _notebook("""
+        def make():
+            seen = []
+            def remember(x, cache=[]):
+                seen.append(x)
+                return cache
+            return remember
+        remember = make()
+    """)
+    before = fingerprint(ns["remember"])
+    ns["remember"](1)
+    assert fingerprint(ns["remember"]) != before
+    before = fingerprint(ns["remember"])
+    ns["remember"](1).append("cached")
+    assert fingerprint(ns["remember"]) != before
+
+
+def test_notebook_class_attributes_are_state_library_classes_are_names():
+    ns = _notebook("class Config:\n    items = []\n")
+    before = fingerprint(ns["Config"])
+    ns["Config"].items.append(1)
+    assert fingerprint(ns["Config"]) != before
+    assert fingerprint(collections.OrderedDict) == fingerprint(collections.OrderedDict)
+    assert not inspect(np).opaque and not inspect(print).opaque
+
+
+def test_bound_methods_follow_their_object():
+    values = [1, 2]
+    method = values.append
+    box = Box(n=1)
+    ns = _notebook("def get(self):\n    return self.n\n")
+    bound = ns["get"].__get__(box)
+    before = fingerprint(method), fingerprint(bound)
+    values.append(3)
+    box.n = 2
+    assert fingerprint(method) != before[0]
+    assert fingerprint(bound) != before[1]
+
+
+# -- what cannot be inspected ------------------------------------------------------------------------------
+
+
+def test_uninspectable_objects_always_read_as_changed(tmp_path):
+    class Broken:
+        def __reduce_ex__(self, protocol: int) -> Any:
+            raise RuntimeError("no")
+
+    handle = open(tmp_path / "f.txt", "w")  # noqa: SIM115 - the handle itself is the value under test
+    try:
+        for value in [(i for i in range(3)), handle, threading.Lock(), Broken(), {"nested": [Broken()]}]:
+            result = inspect(value)
+            assert result.opaque
+            assert result.opaque_types
+            assert fingerprint(value) != fingerprint(value)
+            tracker = Tracker()
+            tracker.update("v", value)
+            assert tracker.update("v", value)
+    finally:
+        handle.close()
+
+
+def test_tracker_bookkeeping():
+    tracker = Tracker()
+    assert tracker.update("x", [1])
+    assert not tracker.update("x", [1])
+    assert "x" in tracker and tracker.names() == {"x"}
+    assert tracker.get("x") is not None and tracker.get("x").hex() == fingerprint([1]).hex()
+    tracker.forget("x")
+    assert "x" not in tracker
+    assert tracker.update("x", [1])
+
+
+# -- stable across processes ---------------------------------------------------------------------------
+
+_CROSS_PROCESS = """
+import collections, numpy as np, sys
+sys.path.insert(0, {root!r})
+from elastic_proxy.inner_agent.fingerprint import fingerprint
+
+class Box:
+    def __init__(self, **attrs):
+        self.__dict__.update(attrs)
+
+def scale(x, factor=2):
+    return x * factor
+
+values = {{
+    "words": {{"alpha", "beta", "gamma", "delta"}},
+    "nested": {{"k": [frozenset({{"x", "y"}}), ("t", 1.5, None)], "s": {{("a", 1), ("b", 2)}}}},
+    "big": list(range(100)) + ["end"],
+    "records": {{f"key{{i}}": {{"v": i, "tags": ["p", "q"]}} for i in range(50)}},
+    "array": np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2],
+    "box": Box(name="n", parts=[Box(v=1), {{"z"}}]),
+    "function": scale,
+    "counter": collections.Counter("mississippi"),
+    "text": "h\\u00e9llo \\ud800",
+}}
+for name in sorted(values):
+    print(name, fingerprint(values[name]).hex())
+"""
+
+
+def test_fingerprints_are_stable_across_processes():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    script = _CROSS_PROCESS.format(root=root)
+    outputs = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                              timeout=60, check=True)
+        outputs.append(done.stdout)
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0].splitlines()) == 9
