@@ -328,3 +328,25 @@ def test_checkpoints_show_reports_a_tampered_manifest(jupyter: Path) -> None:
     tampered = cli("checkpoints", "show", "nb.ipynb", "--generation", "2", expect=1)
     assert "INVALID" in tampered.stdout
     assert "generation 2 of 'nb.ipynb' cannot be restored" in tampered.stderr
+
+
+def test_the_wrapped_bash_kernel_starts_under_the_supervisor_and_runs_cells(jupyter: Path) -> None:
+    """The argv we write is one the supervisor accepts: start bash-elastic the way Jupyter would."""
+    from jupyter_client.manager import start_new_kernel
+
+    install_bash_kernel(jupyter / "prefix")
+    cli("wrap", "bash", "--prefix", str(jupyter / "prefix"))
+    manager, client = start_new_kernel(kernel_name="bash-elastic", startup_timeout=60)
+    try:
+        assert manager.kernel_spec.argv[2] == "elastic_proxy.proxy"
+        replies = [client.execute_interactive(code, timeout=30) for code in ("X=41", "echo $((X + 1))")]
+        assert [reply["content"]["status"] for reply in replies] == ["ok", "ok"]
+        outputs: list[str] = []
+        client.execute_interactive(
+            "echo $((X + 1))", timeout=30,
+            output_hook=lambda msg: outputs.append(msg["content"].get("text", "")),
+        )
+        assert "".join(outputs).strip() == "42"
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel()
