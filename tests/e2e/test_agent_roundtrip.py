@@ -1,0 +1,149 @@
+"""Round trip through two real ipykernels: record and checkpoint every trap, restore in a fresh one.
+
+Kernel 1 loads the agent with %load_ext and runs cells full of traps; kernel 2 starts fresh with
+ELASTIC_PROXY_RESTORE=auto and the agent as a startup extension (as the supervisor starts it).
+Every variable must come back with the recorded fingerprint, or be named in the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_client.manager import KernelManager
+
+pytestmark = pytest.mark.timeout(120)
+
+TRAP_CELLS = [
+    "import numpy as np\nimport threading\na = np.arange(1_000_000, dtype=np.float64)",
+    "r = np.random.rand(1000)",
+    "b = a\nholder = [a, 'tag']",
+    "class Point:\n    def __init__(self):\n        self.v = 1\np = Point()",
+    "p.v = 2",
+    "d = {'x': {'y': [np.zeros(50), np.ones(3)]}}",
+    "d['x']['y'][0][7] = 9.5",
+    "g = (i * i for i in range(10))\nfirst = next(g)",
+    "lock = threading.Lock()",
+    "fh = open(DATA_PATH, 'w')\nfh.write('hello\\n')\nfh.flush()",
+    "square = lambda x: x * x",
+    "%%time\ntimed = sum(range(1000))",
+    "lst = [1, 2]",
+    "lst.append(3)\n1 / 0",
+    "exec('ex = 41 + 1')\nglobals()['gl'] = 'made by globals()'",
+]
+NAMES = ["np", "threading", "a", "r", "b", "holder", "Point", "p", "d", "g", "first", "lock", "fh",
+         "square", "timed", "lst", "ex", "gl", "DATA_PATH"]
+
+FINGERPRINTS = (
+    "print(__import__('json').dumps({k: [FP_.inspect(v).hex(), FP_.inspect(v).opaque]"
+    " for k, v in get_ipython().user_ns.items() if k in NAMES_}))"
+)
+
+
+class Kernel:
+    """A real ipykernel through jupyter_client, with a helper that runs a cell and keeps its messages."""
+
+    def __init__(self, env: dict[str, str], extra: list[str] | None = None) -> None:
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel(env=env, extra_arguments=extra or [])
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    def run(self, code: str, allow_error: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        messages: list[dict[str, Any]] = []
+        reply = self.kc.execute_interactive(code, output_hook=messages.append, timeout=60)
+        if not allow_error:
+            assert reply["content"]["status"] == "ok", (code, reply["content"], messages)
+        return reply, messages
+
+    def stdout(self, code: str) -> str:
+        _, messages = self.run(code)
+        return "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream")
+
+    def shutdown(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=False)
+
+
+def fingerprints(kernel: Kernel) -> dict[str, list[Any]]:
+    code = (f"NAMES_ = {NAMES!r}\nimport elastic_proxy.inner_agent.fingerprint as FP_\n{FINGERPRINTS}\n"
+            "del NAMES_, FP_")
+    return json.loads(kernel.stdout(code))
+
+
+def test_agent_round_trip_through_real_kernels(tmp_path: Path) -> None:
+    data_path = tmp_path / "data.txt"
+    env = dict(os.environ)
+    env.update(
+        ELASTIC_PROXY_STORE=str(tmp_path / "store"),
+        ELASTIC_PROXY_SECRET_FILE=str(tmp_path / "secret"),
+        ELASTIC_PROXY_SESSION="e2e/agent-roundtrip",
+        ELASTIC_PROXY_RESTORE="off",
+        PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+    )
+    k1 = Kernel(env)
+    try:
+        k1.run("%load_ext elastic_proxy.inner_agent")
+        k1.run(f"DATA_PATH = {str(data_path)!r}")
+        for cell in TRAP_CELLS:
+            reply, _ = k1.run(cell, allow_error=True)
+            expected = "error" if "1 / 0" in cell else "ok"
+            assert reply["content"]["status"] == expected, (cell, reply["content"])
+        last_count = reply["content"]["execution_count"]
+        before = fingerprints(k1)
+        r_bytes = k1.stdout("print(r.tobytes().hex())").strip()
+        k1.run("%elastic sync")
+        status = k1.stdout("print(__import__('elastic_proxy.inner_agent', fromlist=['x'])"
+                           ".get_agent(get_ipython()).checkpointer.status())")
+        assert "'last_error': None" in status and "'in_flight': None" in status, status
+    finally:
+        k1.shutdown()
+    assert set(before) == set(NAMES)
+    assert data_path.read_text() == "hello\n"
+
+    env["ELASTIC_PROXY_RESTORE"] = "auto"
+    started = time.perf_counter()
+    k2 = Kernel(env, ["--IPKernelApp.extensions=['elastic_proxy.inner_agent']"])
+    try:
+        reply, messages = k2.run("1 + 1")
+        shown = [m for m in messages if m["msg_type"] == "display_data"]
+        assert shown and shown[0]["content"]["data"]["text/plain"].startswith("elastic: restored"), messages
+        assert "text/html" in shown[0]["content"]["data"]
+        assert reply["content"]["execution_count"] == last_count + 1, "execution count must continue"
+        report = json.loads(k2.stdout(
+            "print(__import__('json').dumps(__import__('elastic_proxy.inner_agent', fromlist=['x'])"
+            ".get_agent(get_ipython()).last_report.to_json()))"
+        ))
+        after = fingerprints(k2)
+        r_after = k2.stdout("print(r.tobytes().hex())").strip()
+        checks = k2.stdout(
+            "print(b is a, holder[0] is a, p.v, type(p) is Point, d['x']['y'][0][7], lst, timed, ex, gl,"
+            " square(7), fh.mode, In[2].startswith('DATA_PATH'))"
+        )
+        k2.run("fh.write('more\\n'); fh.flush()")
+    finally:
+        k2.shutdown()
+    restore_seconds = time.perf_counter() - started
+
+    named = set(report["lost"]) | set(report["mismatched"]) | set(report["unverified"])
+    for name in NAMES:
+        if name in report["lost"]:
+            assert report["lost"][name], f"{name} lost without a reason"
+            continue
+        assert name in after, f"{name} neither restored nor reported lost"
+        assert after[name][0] == before[name][0] or name in named, (
+            f"{name}: fingerprint differs and the report does not say so"
+        )
+    assert "g" in report["lost"] and "generator" in report["lost"]["g"]
+    assert r_after == r_bytes, "the unseeded random array must come back bit-identical"
+    assert "r" in report["restored"], "a nondeterministic value must be loaded, never recomputed"
+    assert checks.split() == ["True", "True", "2", "True", "9.5", "[1,", "2,", "3]", "499500", "42",
+                              "made", "by", "globals()", "49", "a", "True"], checks
+    assert data_path.read_text() == "hello\nmore\n", "the file must never be truncated by a restore"
+    assert restore_seconds < 30
