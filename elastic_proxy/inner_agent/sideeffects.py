@@ -14,6 +14,7 @@ recorder is active, and never raises (an exception there would abort the user's 
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import sys
 import threading
@@ -98,6 +99,8 @@ def _rng_states() -> dict[str, Any]:
     if random_module is not None:
         states["random"] = random_module.getstate()
     numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is None and "numpy" in sys.modules:
+        numpy_random = importlib.import_module("numpy.random")  # numpy 2 imports it lazily
     if numpy_random is not None:
         try:
             state = numpy_random.mtrand._rand.get_state(legacy=False)
@@ -112,6 +115,12 @@ def _rng_states() -> dict[str, Any]:
         except Exception:
             pass
     return states
+
+
+def _drawn_since_import(generator: str, state: Any) -> bool:
+    """For a generator the cell imported: numpy's MT19937 starts at position 624 with no cached
+    gaussian (torch starts from a fixed seed; random is imported long before any cell)."""
+    return generator == "numpy.random" and (state[1] != 624 or bool(state[2]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,8 +179,12 @@ class AuditRecorder:
         seeded = set(seeded)
         after = _rng_states()
         reasons = []
-        for generator, state in self._rng_before.items():
-            if after.get(generator, state) != state:
+        for generator, state in after.items():
+            if generator in self._rng_before:
+                used = self._rng_before[generator] != state
+            else:  # imported by the cell itself
+                used = _drawn_since_import(generator, state)
+            if used:
                 effects.rng_consumed.add(generator)
                 if generator not in seeded:
                     reasons.append(f"used the global {generator} generator without seeding it in this cell")
