@@ -3,9 +3,12 @@
 Both give the same small set of operations; the store above them does not know which it has.
 
 - Local (a path, or any URL fsspec resolves to its LocalFileSystem): writes go to a temp name
-  in the same dir, are fsynced, renamed, and the dir is fsynced. Writes are pipelined: a window
-  of files is kept open with writeback started, and fsynced+renamed when the window is full or
-  on `flush()`, so a file only ever appears under its final name complete and durable.
+  in the same dir, are fsynced, renamed, and the dir is fsynced. Writes are batched: each temp
+  file is written and its writeback started at once; a batch of up to _OPEN_BATCH files is then
+  fsynced together, and `flush()` renames them all and fsyncs the dirs. A file thus only appears
+  under its final name complete and durable, and the first fsync's journal commit covers the
+  metadata of the whole batch (an fsync per file as it is written costs a journal commit each:
+  2.5x slower for 1 GB in 1 MiB blobs).
 - fsspec (object stores, memory://): each file is put once with mode "xb" (never overwrite; an
   object store makes the object visible only when the upload completes).
 
@@ -22,7 +25,6 @@ import posixpath
 import secrets
 import stat
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +37,7 @@ from ._writeback import start_writeback
 
 TMP_PREFIX = ".tmp-"
 FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-_PIPELINE_WINDOW = 32
+_OPEN_BATCH = 128  # files kept open between write and fsync; well under the usual 1024 fd limit
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ Buffers = Sequence["bytes | bytearray | memoryview"]
 class LocalBackend:
     def __init__(self, root: str):
         self.root = root
-        self._pending: deque[tuple[int, str, str]] = deque()
+        self._open: list[tuple[int, str, str]] = []  # (fd, temp, final) written, not yet fsynced
+        self._synced: list[tuple[str, str]] = []  # (temp, final) durable, not yet renamed
         self._dirty_dirs: set[str] = set()
         self._made_dirs: set[str] = set()
 
@@ -98,7 +101,7 @@ class LocalBackend:
             self._made_dirs.clear()
             self.makedirs(directory)
             fd = os.open(tmp, flags, 0o600)
-        self._pending.append((fd, tmp, path))
+        self._open.append((fd, tmp, path))
         written = 0
         for part in parts:
             view = memoryview(part).cast("B")
@@ -108,14 +111,28 @@ class LocalBackend:
                 view = view[count:]
         start_writeback(fd)
         self._dirty_dirs.add(directory)
-        while len(self._pending) > _PIPELINE_WINDOW:
-            self._finish(self._pending.popleft())
+        if len(self._open) >= _OPEN_BATCH:
+            self._sync_open()
         return written
 
+    def _sync_open(self) -> None:
+        while self._open:
+            fd, tmp, path = self._open[-1]
+            os.fsync(fd)
+            os.close(fd)
+            self._open.pop()
+            self._synced.append((tmp, path))
+
     def flush(self) -> None:
-        """Make every queued write durable and visible under its final name."""
-        while self._pending:
-            self._finish(self._pending.popleft())
+        """Make every queued write durable, then visible under its final name."""
+        self._sync_open()
+        while self._synced:
+            tmp, path = self._synced.pop()
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                _unlink_quietly(tmp)
+                raise
         while self._dirty_dirs:
             directory = self._dirty_dirs.pop()
             fd = os.open(directory, os.O_RDONLY)
@@ -126,23 +143,13 @@ class LocalBackend:
 
     def abort(self) -> None:
         """Drop queued writes and their temp files (after an error, e.g. a full disk)."""
-        while self._pending:
-            fd, tmp, _ = self._pending.popleft()
+        while self._open:
+            fd, tmp, _ = self._open.pop()
             _close_quietly(fd)
             _unlink_quietly(tmp)
+        while self._synced:
+            _unlink_quietly(self._synced.pop()[0])
         self._dirty_dirs.clear()
-
-    def _finish(self, item: tuple[int, str, str]) -> None:
-        fd, tmp, path = item
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.rename(tmp, path)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
 
     def read_bytes(self, path: str) -> bytes:
         with open(path, "rb") as f:
@@ -200,7 +207,8 @@ class LocalBackend:
         _rmdir_quietly(path)
 
     def after_fork(self) -> None:
-        self._pending.clear()  # the parent's fds are its own business
+        self._open.clear()  # the parent's unfinished writes are its own business
+        self._synced.clear()
         self._dirty_dirs.clear()
 
 

@@ -58,7 +58,7 @@ def pickle_group(objs: Mapping[str, Any], inband_below: int = INBAND_BELOW) -> P
     raise _explain_failure(group, reasons)
 
 
-def unpickle_group(pickler: str, stream: bytes, buffers: list[bytearray]) -> dict[str, Any]:
+def unpickle_group(pickler: str, stream: bytes, buffers: list[Any]) -> dict[str, Any]:
     loads = _LOADERS.get(pickler)
     if loads is None:
         raise SerializationError(f"unknown pickler {pickler!r}")
