@@ -27,6 +27,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Callable
 
+import psutil
+
 log = logging.getLogger(__name__)
 
 BASE_DIR_NAME = "elastic-proxy"
@@ -163,22 +165,13 @@ def _write(path: Path, value: str) -> None:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _sweep_dead_owners(base: Path) -> None:
     """Remove empty leaves whose supervisor died without removing them (SIGKILLed by Jupyter's
     shutdown timer, say). rmdir refuses a leaf that still has processes, so a live kernel is safe."""
     for leaf in base.iterdir():
         owner = leaf.name.split("-", 1)[0]
-        if leaf.is_dir() and owner.isdigit() and int(owner) != os.getpid() and not _pid_alive(int(owner)):
+        dead = owner.isdigit() and int(owner) != os.getpid() and not psutil.pid_exists(int(owner))
+        if dead and leaf.is_dir():
             try:
                 leaf.rmdir()
             except OSError:
