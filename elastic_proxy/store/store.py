@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -243,7 +244,7 @@ class Store:
                 self._read_blob_into(address, part)
                 if on_bytes:
                     on_bytes(len(part))
-            buffers.append(data)
+            buffers.append(pickle.PickleBuffer(data))  # what was pickled out of band was a PickleBuffer
         return unpickle_group(ref.pickler, stream, buffers)
 
     def verify(self, manifest: Manifest) -> list[str]:

@@ -160,3 +160,11 @@ def test_arrays_of_any_size_cross_chunk_boundaries(root, nbytes, dtype, seed):
     loaded = small_chunks.load_group(small_chunks.put_group({"a": array}))["a"]
     assert loaded.dtype == array.dtype
     assert loaded.tobytes() == array.tobytes()
+
+
+def test_raw_pickle_buffer_comes_back_as_a_pickle_buffer(store):
+    import pickle
+
+    data = bytearray(range(256)) * 400
+    loaded = store.load_group(store.put_group({"pb": pickle.PickleBuffer(data)}))["pb"]
+    assert isinstance(loaded, pickle.PickleBuffer) and bytes(loaded.raw()) == bytes(data)
