@@ -89,7 +89,7 @@ class LocalBackend:
         except FileNotFoundError:
             return False
 
-    def write_new(self, path: str, parts: Buffers) -> int:
+    def write_new(self, path: str, parts: Buffers) -> int | None:
         """Queue a durable, atomic write of a new file; returns the bytes written."""
         directory = os.path.dirname(path)
         self.makedirs(directory)
@@ -231,14 +231,15 @@ class FsspecBackend:
         """Object stores cannot bump an object's time without rewriting it: see Store.gc."""
         return bool(self.fs.exists(path))
 
-    def write_new(self, path: str, parts: Buffers) -> int:
+    def write_new(self, path: str, parts: Buffers) -> int | None:
+        """Put the file once; None if it already exists (it is never overwritten)."""
         written = 0
         try:
             with self.fs.open(path, "xb") as f:
                 for part in parts:
                     written += f.write(part) or 0
         except FileExistsError:
-            return 0
+            return None
         return written
 
     def flush(self) -> None:

@@ -136,9 +136,13 @@ class Store:
             self._known[address] = time.time()
             write_stats.blobs_skipped += 1
             return address
-        write_stats.blob_bytes_written += self._backend.write_new(path, [data])
-        write_stats.blobs_written += 1
-        written.add(address)
+        count = self._backend.write_new(path, [data])
+        if count is None:  # another writer put it first
+            write_stats.blobs_skipped += 1
+        else:
+            write_stats.blob_bytes_written += count
+            write_stats.blobs_written += 1
+            written.add(address)
         return address
 
     def commit(self, body: dict[str, Any], parent: Any = _AUTO) -> int:
@@ -160,7 +164,7 @@ class Store:
         try:
             self._write_session_file()
             path = self._backend.join(self._manifests_dir, manifest_name(generation))
-            write_stats.manifest_bytes_written += self._backend.write_new(path, [raw])
+            write_stats.manifest_bytes_written += self._backend.write_new(path, [raw]) or 0
             self._backend.flush()
         except BaseException as exc:
             self._fail(exc, f"writing manifest {generation}")
