@@ -4,6 +4,7 @@ Two kernels: the installed `python3-elastic` spec (ipykernel child), with the sa
 jupyter_kernel_test's own test_ipykernel.py, and `bash-elastic`, bash_kernel wrapped with
 `elastic-proxy wrap bash`, with samples for what bash_kernel implements. Both also check the
 proxy's own IOPub welcome (JEP 65), which the proxy sends itself for every subscription.
+Plus what jupyter_kernel_test does not check but a client may rely on (connect_reply's ports).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import jupyter_kernel_test as jkt
 import pytest
+from jupyter_client.manager import start_new_kernel
 
 PYTHON_KERNEL = "python3-elastic"
 BASH_KERNEL = "bash-elastic"
@@ -97,3 +99,26 @@ class BashElasticTests(jkt.KernelTests):
 class BashElasticWelcomeTests(jkt.IopubWelcomeTests):
     kernel_name = BASH_KERNEL
     support_iopub_welcome = True
+
+
+def test_connect_reply_names_the_ports_the_client_connected_to() -> None:
+    """connect_request asks for the kernel's ports; the answer must be the client-facing ones.
+
+    (ipykernel's own test_connect_request only checks the reply's schema.)
+    """
+    km, kc = start_new_kernel(kernel_name=PYTHON_KERNEL)
+    try:
+        request = kc.session.msg("connect_request")
+        kc.shell_channel.send(request)
+        while True:
+            reply = kc.get_shell_msg(timeout=30)
+            if reply["parent_header"].get("msg_id") == request["header"]["msg_id"]:
+                break
+        info = km.get_connection_info()
+        channels = ("shell", "iopub", "stdin", "control", "hb")
+        expected = {f"{ch}_port": int(info[f"{ch}_port"]) for ch in channels}
+        assert reply["msg_type"] == "connect_reply"
+        assert {k: reply["content"].get(k) for k in expected} == expected
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel()
