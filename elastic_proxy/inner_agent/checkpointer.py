@@ -14,6 +14,7 @@ writes files and writes to its pipe, then leaves with os._exit.
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import os
 import sys
@@ -23,6 +24,8 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+import cloudpickle
 
 from ..store import GroupRef, SerializationError, StoreFullError
 from .filehandles import store_file_reducers
@@ -175,11 +178,15 @@ class Checkpointer:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until everything changed so far is committed (for tests, magics and shutdown)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        started_one = False
         while True:
             self._collect()
             if self._inflight is None and not self.needs_commit:
                 return True
             if self._inflight is None:
+                if started_one and self.last_error is not None:
+                    return False
+                started_one = True
                 self._start()
                 continue
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -252,6 +259,7 @@ class Checkpointer:
         job.forked = True
         read_fd, write_fd = os.pipe()
         namespace = self._namespace()
+        track_notebook_classes(namespace)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
@@ -324,6 +332,27 @@ class Checkpointer:
         self.last = outcome
         self._last_committed_cell = job.cell
         self.last_error = None
+
+
+def track_notebook_classes(namespace: Mapping[str, Any], per_container: int = 100) -> None:
+    """Give the notebook's classes their cloudpickle tracker ids in THIS process before forking.
+
+    cloudpickle pickles a notebook class by value with a random tracker id, remembered only in
+    the process that pickled it; unpickling reuses one class per id. An id made in a forked
+    writer dies with it, so the class and its instances, written by different writers, would
+    come back as two different classes (`type(p) is Point` False)."""
+    tracker = getattr(cloudpickle.cloudpickle, "_get_or_create_tracker_id", None)
+    if tracker is None:
+        return
+    for value in list(namespace.values()):
+        candidates = [value, type(value)]
+        if isinstance(value, (list, tuple, set, frozenset)):
+            candidates += [type(item) for item in itertools.islice(value, per_container)]
+        elif isinstance(value, dict):
+            candidates += [type(item) for item in itertools.islice(value.values(), per_container)]
+        for cls in candidates:
+            if isinstance(cls, type) and cls.__module__ == "__main__":
+                tracker(cls)
 
 
 def _snapshot_process(

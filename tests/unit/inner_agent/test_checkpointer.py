@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -139,3 +141,30 @@ def test_failure_is_reported_and_changes_are_kept_for_the_next_try(store, inline
     assert cp.wait(timeout=30)
     assert cp.status()["last_error"] is None
     assert set(store.latest().groups()) == {"a"}
+
+
+LOAD_BOTH = """
+import sys
+from elastic_proxy.store import open_store
+store = open_store("unit/checkpointer", sys.argv[1])
+refs = store.latest().groups()
+cls = store.load_group(refs["Point"])["Point"]
+obj = store.load_group(refs["p"])["p"]
+print(type(obj) is cls, obj.v)
+"""
+
+
+def test_notebook_class_and_instance_from_different_forked_writers_stay_one_class(store, tmp_path):
+    ns: dict = {"__name__": "__main__"}
+    exec("class Point:\n    def __init__(self):\n        self.v = 1\n", ns)
+    del ns["__name__"]
+    cp = make(store, ns)
+    cp.on_cell(cell(1, "Point"))
+    assert cp.wait(timeout=30)
+    exec("p = Point()\np.v = 2", ns)
+    cp.on_cell(cell(2, "p"))
+    assert cp.wait(timeout=30)
+    assert cp.forks == 2
+    out = subprocess.run([sys.executable, "-c", LOAD_BOTH, str(tmp_path / "store")], capture_output=True,
+                         text=True, check=True, env=dict(os.environ))
+    assert out.stdout.split() == ["True", "2"], out
