@@ -108,24 +108,69 @@ class _NotPlainData(Exception):
     pass
 
 
+def _value(*parts: Any) -> None:
+    """Named in the plain-data stream as the maker of plain objects and arrays; never called."""
+    raise NotImplementedError
+
+
+def _flat_bytes(arr: Any, numpy: Any) -> Any:
+    """An array's elements as one contiguous uint8 view (copied only when not contiguous)."""
+    if arr.flags.c_contiguous:
+        flat = arr.reshape(-1)
+    elif arr.flags.f_contiguous:
+        flat = arr.T.reshape(-1)
+    else:
+        flat = numpy.ascontiguousarray(arr).reshape(-1)
+    return flat.view(numpy.uint8)
+
+
+def _array_layout(arr: Any) -> bytes:
+    dtype = arr.dtype
+    return f"{dtype.str}|{dtype.descr if dtype.fields else ''}|{arr.shape}|{arr.strides}".encode()
+
+
 class _PlainDataPickler(pickle.Pickler):
     """The C pickler calls reducer_override for everything but exact None, bool, int, float,
-    str, bytes, list, tuple, dict, set and frozenset: raising there makes a dump succeed only
-    for plain data. Fast mode (no memo) makes the bytes independent of object identity."""
+    str, bytes, list, tuple, dict, set and frozenset. Here it describes the two other common
+    kinds of plain data, numpy arrays (layout and buffer digest) and instances of plain
+    classes (type name and __dict__), and refuses the rest, so a dump succeeds only for
+    plain data. Fast mode (no memo) makes the bytes independent of object identity."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=3)
+        self.fast = True
+        self.numpy = sys.modules.get("numpy")
+        self.plain_paths: dict[type, bytes | None] = {}  # class -> its name, if plain without slots
 
     def reducer_override(self, obj: Any) -> Any:
-        raise _NotPlainData
+        if obj is _value:
+            return NotImplemented  # pickled by name
+        cls = type(obj)
+        numpy = self.numpy
+        if numpy is not None and cls is numpy.ndarray and not obj.dtype.hasobject:
+            digest = xxhash.xxh3_128(_flat_bytes(obj, numpy)).digest()
+            return _value, (b"A", _array_layout(obj), digest)
+        state = getattr(obj, "__dict__", None)
+        if type(state) is not dict:
+            raise _NotPlainData
+        try:
+            path = self.plain_paths[cls]
+        except KeyError:
+            path = _type_path(cls) if _is_plain(obj) and not _slot_names(cls) else None
+            self.plain_paths[cls] = path
+        if path is None:
+            raise _NotPlainData
+        return _value, (b"o", path), state
 
 
 def _plain_data_bytes(obj: Any) -> bytes | None:
-    """One C pass over JSON-like data (list(range(5_000_000)), a dict of a million str keys,
-    records). None when it holds anything else, or a set: set order follows str hashes,
-    which differ per process (protocol 3 writes sets as a `__builtin__` global, easy to spot)."""
+    """One C pass over plain data (list(range(5_000_000)), a dict of a million str keys,
+    records, lists of dataclasses, dicts of arrays). None when it holds anything else, or a
+    set: set order follows str hashes, which differ per process (protocol 3 writes sets as a
+    `__builtin__` global, easy to spot)."""
     buffer = io.BytesIO()
-    pickler = _PlainDataPickler(buffer, protocol=3)
-    pickler.fast = True
     try:
-        pickler.dump(obj)
+        _PlainDataPickler(buffer).dump(obj)
     except Exception:  # not plain data, a cycle, or too deep: walk it instead
         return None
     data = buffer.getvalue()
@@ -288,6 +333,10 @@ class _Walker:
     # -- traversal --------------------------------------------------------------------------------
 
     def walk(self, root: Any) -> None:
+        kind = type(root)
+        container = kind in (list, tuple, dict)
+        if (container or (kind not in self.atoms and _is_plain(root))) and self._pickled(root):
+            return
         stack = self.stack
         stack.append(root)
         atoms = self.atoms
@@ -461,9 +510,14 @@ class _Walker:
         self._emit(b"".join(sorted(digests)))
 
     def _plain_data(self, obj: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> bool:
-        """Big exact lists, tuples and dicts of plain data go through the pickler in one C pass."""
+        """Big exact lists, tuples and dicts of plain data go through the pickler in one C pass.
+        Only there and at the root: a failed try costs a pass, and trying at every level of a
+        deep structure would cost a pass per level."""
         if len(obj) < _FAST_PATH_MIN or type(obj) not in (list, tuple, dict):
             return False
+        return self._pickled(obj)
+
+    def _pickled(self, obj: Any) -> bool:
         data = _plain_data_bytes(obj)
         if data is None:
             return False
@@ -486,21 +540,14 @@ class _Walker:
 
     def _ndarray(self, arr: Any) -> None:
         numpy = self.numpy
-        dtype = arr.dtype
         self._header(b"A", type(arr))
-        self._emit(f"{dtype.str}|{dtype.descr if dtype.fields else ''}|{arr.shape}|{arr.strides}".encode())
+        self._emit(_array_layout(arr))
         if type(arr) is not numpy.ndarray:
             self.stack.append(self._instance_state(arr))
-        if dtype.hasobject:
+        if arr.dtype.hasobject:
             self._push_all(arr.ravel().tolist() if arr.ndim else [arr.item()])
             return
-        if arr.flags.c_contiguous:
-            flat = arr.reshape(-1)
-        elif arr.flags.f_contiguous:
-            flat = arr.T.reshape(-1)
-        else:
-            flat = numpy.ascontiguousarray(arr).reshape(-1)
-        self._emit_large(flat.view(numpy.uint8))
+        self._emit_large(_flat_bytes(arr, numpy))
 
     def _pandas(self, obj: Any) -> None:
         """DataFrame, Series, Index: pandas' own vectorised row hashes, plus labels and dtypes.
