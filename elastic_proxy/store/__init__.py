@@ -8,8 +8,10 @@ from __future__ import annotations
 from .errors import IntegrityError, SerializationError, StoreError, StoreFullError
 from .groupref import BufferRef, GroupRef
 from .manifest import Manifest
+from .retention import GcReport
+from .sessions import SessionInfo, list_sessions
 from .stats import WriteStats, write_stats
-from .store import CHUNK_SIZE, GRACE_SECONDS, GcReport, SessionInfo, Store, list_sessions, open_store
+from .store import CHUNK_SIZE, GRACE_SECONDS, Store, open_store
 
 __all__ = [
     "CHUNK_SIZE",

@@ -28,8 +28,7 @@ import json
 import os
 import pickle
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable
 
 import blake3
@@ -43,19 +42,18 @@ from .manifest import (
     build_document,
     check_document,
     manifest_name,
-    parse_groups,
     parse_manifest_name,
     referenced_addresses,
 )
 from .paths import resolve_root, session_key
+from .retention import GcReport, choose_kept, manifests_to_delete
 from .secret import load_secret
 from .serialize import pickle_group, unpickle_group
+from .sessions import BLOBS_DIR, SESSION_FILE, SessionInfo, list_sessions
 from .stats import write_stats
 
 CHUNK_SIZE = 1 << 20
 GRACE_SECONDS = 600.0
-BLOBS_DIR = "blobs"
-SESSION_FILE = "session.json"
 _AUTO = object()
 
 
@@ -64,25 +62,6 @@ def blob_address(data: bytes | bytearray | memoryview) -> str:
     threads do not survive fork() (a forked writer would hang), and on 2 cores its threads fight
     the kernel's writeback: a 1 GB checkpoint took 6-7 s with it, about 2 s without."""
     return blake3.blake3(data).hexdigest()
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    key: str
-    name: str | None
-    path: str
-    generations: int
-    newest: int | None
-    updated: float | None
-
-
-@dataclass
-class GcReport:
-    kept: list[int] = field(default_factory=list)
-    manifests_deleted: int = 0
-    blobs_deleted: int = 0
-    bytes_freed: int = 0
-    temps_deleted: int = 0
 
 
 class Store:
@@ -94,6 +73,7 @@ class Store:
         self.root = resolve_root(root)
         self.grace_seconds = grace_seconds
         self.chunk_size = chunk_size
+        self._storage_options = storage_options
         self._backend = open_backend(self.root, storage_options)
         base = self._backend.root
         self._blobs_dir = self._backend.join(base, BLOBS_DIR)
@@ -347,20 +327,11 @@ class Store:
         """
         report = GcReport()
         manifests = list(self._read_manifests())
-        valid = [m for m in manifests if m.valid]
-        keep = valid[:max(1, keep_last)]
-        if max_bytes is not None:
-            while len(keep) > 1 and _referenced_bytes(keep) > max_bytes:
-                keep.pop()
+        keep = choose_kept(manifests, keep_last, max_bytes)
         report.kept = [m.generation for m in keep]
-        if keep:
-            kept_ids = {id(m) for m in keep}
-            oldest = keep[-1].generation
-            for manifest in manifests:
-                stale = manifest.generation < oldest or (manifest.valid and manifest.generation == oldest)
-                if id(manifest) not in kept_ids and stale:
-                    self._backend.remove(manifest.path)
-                    report.manifests_deleted += 1
+        for manifest in manifests_to_delete(manifests, keep):
+            self._backend.remove(manifest.path)
+            report.manifests_deleted += 1
         self._sweep(report)
         return report
 
@@ -412,7 +383,7 @@ class Store:
     # ---- sessions ------------------------------------------------------------------------
 
     def sessions(self) -> list[SessionInfo]:
-        return list_sessions(self.root)
+        return list_sessions(self.root, self._storage_options)
 
 
 def _uninitialized(size: int) -> Any:
@@ -421,55 +392,9 @@ def _uninitialized(size: int) -> Any:
     return np.empty(size, dtype=np.uint8)
 
 
-def _referenced_bytes(manifests: Iterable[Manifest]) -> int:
-    sizes: dict[str, int] = {}
-    for manifest in manifests:
-        for ref in manifest.groups().values():
-            if ref is not None:
-                sizes.update(ref.blobs())
-    return sum(sizes.values())
-
-
 def open_store(session: str, root: str | None = None, **options: Any) -> Store:
     """The store of one session; root None means $ELASTIC_PROXY_STORE or the default."""
     return Store(session, root, **options)
 
 
-def list_sessions(root: str | None = None,
-                  storage_options: dict[str, Any] | None = None) -> list[SessionInfo]:
-    """Every session under a root, for `elastic-proxy checkpoints list`."""
-    url = resolve_root(root)
-    backend = open_backend(url, storage_options)
-    found = []
-    for key in backend.list_dirs(backend.root):
-        if key == BLOBS_DIR or key.startswith("."):
-            continue
-        directory = backend.join(backend.root, key)
-        manifests = [
-            (generation, info) for info in backend.list_files(backend.join(directory, "manifests"))
-            if (generation := parse_manifest_name(info.name)) is not None
-        ]
-        name = _session_name(backend, backend.join(directory, SESSION_FILE))
-        if name is None and not manifests:
-            continue
-        found.append(SessionInfo(
-            key=key,
-            name=name,
-            path=directory,
-            generations=len(manifests),
-            newest=max((g for g, _ in manifests), default=None),
-            updated=max((info.mtime for _, info in manifests), default=None),
-        ))
-    return found
-
-
-def _session_name(backend: Any, path: str) -> str | None:
-    try:
-        name = json.loads(backend.read_bytes(path)).get("session")
-    except (FileNotFoundError, ValueError, AttributeError):
-        return None
-    return name if isinstance(name, str) else None
-
-
-__all__ = ["CHUNK_SIZE", "GRACE_SECONDS", "GcReport", "SessionInfo", "Store", "blob_address", "list_sessions",
-           "open_store", "parse_groups"]
+__all__ = ["CHUNK_SIZE", "GRACE_SECONDS", "GcReport", "Store", "blob_address", "open_store"]
