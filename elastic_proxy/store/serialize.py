@@ -3,6 +3,8 @@
 The group is pickled as one dict so objects shared between its names come back shared. Large
 contiguous buffers (numpy arrays, and pandas through numpy) are handed out of band by the
 `buffer_callback`, so they are never copied into the stream; the store then chunks them.
+Non-contiguous ones are copied in band by the pickler. dill, the fallback, reduces numpy arrays
+itself (in band), so a group that needs dill is one stream, rewritten whole when it changes.
 """
 
 from __future__ import annotations
