@@ -127,12 +127,16 @@ def _drawn_since_import(generator: str, state: Any) -> bool:
 # The audit hook.
 
 
-def _path(value: Any) -> str | None:
+def _path(value: Any, dir_fd: Any = None) -> str | None:
+    """An absolute path; relative to `dir_fd` when given (shutil.rmtree deletes that way)."""
     if isinstance(value, int) or value is None:
         return None  # a file descriptor: its opening was recorded already
     try:
-        return _normalise(os.fsdecode(value))
-    except (TypeError, ValueError):
+        path = os.fsdecode(value)
+        if isinstance(dir_fd, int) and not os.path.isabs(path):
+            path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
+        return _normalise(path)
+    except (TypeError, ValueError, OSError):
         return None
 
 
@@ -151,6 +155,7 @@ class AuditRecorder:
         self.ignored = tuple(sorted({*default_ignored_prefixes(), *(_normalise(p) for p in ignore_prefixes)}))
         self.effects = CellEffects()
         self._destructive: list[str] = []
+        self._created: set[str] = set()  # paths this cell made: removing them destroys nothing
         self._rng_before: dict[str, Any] = {}
         self._busy = False
 
@@ -167,6 +172,7 @@ class AuditRecorder:
         self.install()
         self.effects = CellEffects()
         self._destructive = []
+        self._created = set()
         self._rng_before = _rng_states()
         AuditRecorder._active = self
 
@@ -215,23 +221,39 @@ class AuditRecorder:
         if reason not in self._destructive:
             self._destructive.append(reason)
 
-    def write(self, raw_path: Any, *, truncate: bool, why: str) -> None:
-        path = _path(raw_path)
+    def write(self, raw_path: Any, *, truncate: bool, why: str, dir_fd: Any = None) -> None:
+        path = _path(raw_path, dir_fd)
         if path is None or self._ignored(path):
             return
         self.effects.writes.add(path)
-        if truncate and os.path.exists(path):
+        exists = os.path.lexists(path)
+        if not exists:
+            self._created.add(path)
+        if truncate and exists and not self._made_here(path):
             self.effects.truncated.add(path)
             self._destroy(f"{why} (overwrote an existing file): {path}")
         else:
             self._note(f"{why}: {path}")
 
-    def delete(self, raw_path: Any, why: str) -> None:
-        path = _path(raw_path)
+    def _made_here(self, path: str) -> bool:
+        """The path, or a directory above it, was created by this cell (a temporary file)."""
+        while True:
+            if path in self._created:
+                return True
+            parent = os.path.dirname(path)
+            if parent == path:
+                return False
+            path = parent
+
+    def delete(self, raw_path: Any, why: str, dir_fd: Any = None) -> None:
+        path = _path(raw_path, dir_fd)
         if path is None or self._ignored(path):
             return
         self.effects.deletes.add(path)
-        self._destroy(f"{why}: {path}")
+        if self._made_here(path):
+            self._note(f"{why} (made by this cell): {path}")
+        else:
+            self._destroy(f"{why}: {path}")
 
     def on_open(self, args: tuple[Any, ...]) -> None:
         path, mode, flags = (*args, None, None, 0)[:3]
@@ -243,9 +265,9 @@ class AuditRecorder:
             self.write(path, truncate=bool(flags & os.O_TRUNC), why="opened for writing")
 
     def on_rename(self, args: tuple[Any, ...]) -> None:
-        source, target = args[0], args[1]
-        self.delete(source, "renamed away")
-        self.write(target, truncate=True, why="renamed onto")
+        source, target, source_fd, target_fd = (*args, None, None)[:4]
+        self.delete(source, "renamed away", source_fd)
+        self.write(target, truncate=True, why="renamed onto", dir_fd=target_fd)
 
     def on_sqlite(self, database: Any) -> None:
         if database not in (None, "", b"", ":memory:", b":memory:"):
@@ -258,6 +280,10 @@ class AuditRecorder:
     def on_network(self, what: str) -> None:
         self.effects.network = True
         self._note(f"network: {what}")
+
+
+def _arg(args: tuple[Any, ...], index: int) -> Any:
+    return args[index] if len(args) > index else None
 
 
 def _program(args: tuple[Any, ...]) -> str:
@@ -288,16 +314,16 @@ def _host_of(url: Any) -> str:
 _Handler = Callable[[AuditRecorder, tuple[Any, ...]], None]
 _HANDLERS: dict[str, _Handler] = {
     "open": AuditRecorder.on_open,
-    "os.remove": lambda r, a: r.delete(a[0], "deleted"),
-    "os.rmdir": lambda r, a: r.delete(a[0], "deleted a directory"),
-    "shutil.rmtree": lambda r, a: r.delete(a[0], "deleted a tree"),
+    "os.remove": lambda r, a: r.delete(a[0], "deleted", _arg(a, 1)),
+    "os.rmdir": lambda r, a: r.delete(a[0], "deleted a directory", _arg(a, 1)),
+    "shutil.rmtree": lambda r, a: r.delete(a[0], "deleted a tree", _arg(a, 1)),
     "os.rename": AuditRecorder.on_rename,
     "os.truncate": lambda r, a: r.write(a[0], truncate=True, why="truncated"),
     "shutil.copyfile": lambda r, a: r.write(a[1], truncate=True, why="copied onto"),
     "shutil.copytree": lambda r, a: r.write(a[1], truncate=False, why="copied a tree to"),
     "os.link": lambda r, a: r.write(a[1], truncate=False, why="linked"),
     "os.symlink": lambda r, a: r.write(a[1], truncate=False, why="linked"),
-    "os.mkdir": lambda r, a: r.write(a[0], truncate=False, why="made a directory"),
+    "os.mkdir": lambda r, a: r.write(a[0], truncate=False, why="made a directory", dir_fd=_arg(a, 2)),
     "subprocess.Popen": lambda r, a: r.on_subprocess(_program(a)),
     "os.system": lambda r, a: r.on_subprocess("os.system"),
     "os.exec": lambda r, a: r.on_subprocess(_program((a[0],))),

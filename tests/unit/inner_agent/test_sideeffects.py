@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 
 import numpy as np
@@ -90,6 +91,24 @@ def test_deletes_renames_trees(tmp_path):
     assert {real(victim), real(source), real(tree)} <= effects.deletes
     assert real(target) in effects.truncated
     assert len(effects.destructive) >= 4
+
+
+def test_temporary_files_made_and_removed_by_the_cell_destroy_nothing(tmp_path):
+    def cell() -> None:
+        with tempfile.TemporaryDirectory(dir=tmp_path) as scratch:
+            path = os.path.join(scratch, "part.bin")
+            with open(path, "wb") as handle:
+                handle.write(b"x")
+            with open(path, "wb") as handle:  # rewritten by the same cell
+                handle.write(b"y")
+        made = tmp_path / "made.txt"
+        made.write_text("x")
+        made.unlink()
+
+    effects = record(cell)
+    assert effects.deletes and effects.writes
+    assert effects.destructive == ()
+    assert effects.truncated == set()
 
 
 def test_subprocesses_name_the_program_only(tmp_path):
