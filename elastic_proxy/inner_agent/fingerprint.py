@@ -26,7 +26,7 @@ import xxhash
 
 __all__ = ["Fingerprint", "Tracker", "fingerprint", "inspect"]
 
-_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: the class was defined in Python
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: defined in Python (or by an extension via PyType_FromSpec)
 _FAST_PATH_MIN = 32  # containers at least this long are first tried as plain data
 _FLUSH_AT = 1 << 16
 _NOTEBOOK_MODULE = "__main__"
