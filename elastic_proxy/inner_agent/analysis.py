@@ -814,9 +814,10 @@ def _code_access(code: types.CodeType) -> GlobalAccess:
     return access
 
 
-def _functions_of(obj: Any) -> list[types.FunctionType]:
+def _functions_of(obj: Any, module: str | None = None) -> list[types.FunctionType]:
     """The Python functions behind a callable: itself, a method's function, a partial's
-    function, or a class's (or an instance's class's) methods."""
+    function, or a class's (or an instance's class's) methods; with `module`, only the methods
+    of classes defined there (a DataFrame's hundreds of methods are not the notebook's)."""
     for _ in range(8):
         if isinstance(obj, (types.MethodType, staticmethod, classmethod)):
             obj = obj.__func__
@@ -831,6 +832,8 @@ def _functions_of(obj: Any) -> list[types.FunctionType]:
         return []
     functions = []
     for klass in cls.__mro__[:-1]:
+        if module is not None and getattr(klass, "__module__", None) != module:
+            continue
         for member in vars(klass).values():
             if isinstance(member, property):
                 functions.extend(f for f in (member.fget, member.fset, member.fdel) if f is not None)
@@ -855,6 +858,7 @@ def called_globals(names: set[str], namespace: dict[str, Any]) -> GlobalAccess:
     """What calling the notebook's own functions among `names` may touch, transitively:
     only functions whose globals are `namespace` count (library code cannot see it)."""
     access = GlobalAccess()
+    module = namespace.get("__name__", "__main__")
     seen: set[str] = set()
     pending = [n for n in names if n in namespace]
     while pending:
@@ -862,7 +866,7 @@ def called_globals(names: set[str], namespace: dict[str, Any]) -> GlobalAccess:
         if name in seen:
             continue
         seen.add(name)
-        for function in _functions_of(namespace[name]):
+        for function in _functions_of(namespace[name], module):
             if function.__globals__ is not namespace:
                 continue
             found = _code_access(function.__code__)

@@ -457,6 +457,10 @@ def test_called_globals_follow_notebook_functions_only():
             return 1
         def sneaky():
             return globals()
+        class Loader(json.JSONDecoder):
+            def load(self):
+                return source_path
+        loader = Loader()
     """)
     access = called_globals({"outer"}, ns)
     assert {"inner", "json", "config", "data"} <= access.loads
@@ -464,3 +468,4 @@ def test_called_globals_follow_notebook_functions_only():
     assert not access.dynamic
     assert called_globals({"sneaky"}, ns).dynamic
     assert called_globals({"json", "missing"}, ns).names == frozenset()
+    assert called_globals({"loader"}, ns).loads == {"source_path"}  # not JSONDecoder's own globals
