@@ -12,12 +12,13 @@ import os
 import types
 from typing import Any
 
-from .checkpointer import Checkpointer
+from .checkpointer import Checkpointer, State
 from .optimizer import NOMINAL_BANDWIDTH
 from .recorder import Recorder
 from .restore import RestoreReport, restore_session
 
 MESSAGE_CHECKPOINT = "elastic_checkpoint"
+CELL_SEGMENT = 64
 MESSAGE_RESTORE = "elastic_restore"
 
 
@@ -51,11 +52,15 @@ class Agent:
             describe_state=self.describe_state,
             publish=self._publish_checkpoint,
             allow_fork=allow_fork,
+            on_fingerprints=self._accept_fingerprints,
         )
         self.recorder.listeners.append(self.checkpointer.on_cell)
         self.pending_report: RestoreReport | None = None
         self.last_report: RestoreReport | None = None
         self._parent: Any = None
+        self._cells_json_of: Any = None
+        self._cells_json: dict[int, dict[str, Any]] = {}
+        self._segments: list[dict[str, Any]] = []
 
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -83,7 +88,7 @@ class Agent:
         self.checkpointer.poll()
 
     # state for the checkpoint ----------------------------------------------------------------
-    def describe_state(self) -> tuple[dict[str, tuple[str, ...]], dict[str, Any], dict[str, int]]:
+    def describe_state(self) -> State:
         """Alias groups, the manifest body (without groups), and size estimates, for one write."""
         rec = self.recorder
         groups = {gid: tuple(sorted(names)) for gid, names in rec.alias_groups().items()}
@@ -94,7 +99,7 @@ class Agent:
                 value = ns[name]
                 entry = {
                     "group": gid,
-                    "fingerprint": rec.fingerprints.get(name, b"").hex(),
+                    "fingerprint": None if name in rec.deferred else rec.fingerprints.get(name, b"").hex(),
                     "type": f"{type(value).__module__}.{type(value).__qualname__}",
                     "size": rec.sizes.get(name, 0),
                     "opaque": name in rec.opaque,
@@ -102,17 +107,41 @@ class Agent:
                 if isinstance(value, types.GeneratorType):
                     entry["generator_state"] = inspect.getgeneratorstate(value)
                 variables[name] = entry
-        cells = [cell.to_json() for _, cell in sorted(rec.graph.cells.items())]
-        count = max((c["execution_count"] for c in cells), default=0)
+        segments, cells = self._cell_log()
+        count = max((c.execution_count for c in rec.graph.cells.values()), default=0)
         body = {
             "cells": cells,
+            "cell_segments": segments,
             "graph": {"format": 1, "nominal_bandwidth": NOMINAL_BANDWIDTH},
             "plan": {},
             "variables": variables,
             "execution_count": count,
             "lost": {},
         }
-        return groups, body, dict(rec.sizes)
+        previous = {n: rec.fingerprints[n].hex() for n in rec.deferred if rec.fingerprints.get(n)}
+        return State(groups, body, dict(rec.sizes), set(rec.deferred), previous)
+
+    def _cell_log(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(sealed segments as GroupRef JSON, the unsealed tail of cells as JSON).
+
+        A manifest carrying the whole cell log would make every commit cost O(cells); full
+        segments of CELL_SEGMENT cells are written once as content-addressed blobs instead."""
+        graph = self.recorder.graph
+        if self._cells_json_of is not graph:
+            self._cells_json_of, self._cells_json, self._segments = graph, {}, []
+        for index, cell in graph.cells.items():
+            if index not in self._cells_json:
+                self._cells_json[index] = cell.to_json()
+        order = sorted(self._cells_json)
+        sealed = len(self._segments) * CELL_SEGMENT
+        while len(order) - sealed >= 2 * CELL_SEGMENT:
+            chunk = [self._cells_json[i] for i in order[sealed : sealed + CELL_SEGMENT]]
+            self._segments.append(self.store.put_group({"cells": chunk}).to_json())
+            sealed += CELL_SEGMENT
+        return list(self._segments), [self._cells_json[i] for i in order[sealed:]]
+
+    def _accept_fingerprints(self, prints: dict[str, list[Any]]) -> None:
+        self.recorder.accept_fingerprints({n: (bytes.fromhex(h), bool(o)) for n, (h, o) in prints.items()})
 
     # restore ---------------------------------------------------------------------------------
     def restore(self, generation: int | None = None) -> RestoreReport:
@@ -129,7 +158,7 @@ class Agent:
         rec.sizes = {}
         rec.adopt(restored.names)
         rec.fingerprints.update({n: fp for n, fp in restored.fingerprints.items() if fp})
-        self.checkpointer.adopt(restored.groups, restored.problems)
+        self.checkpointer.adopt(restored.groups, restored.problems, restored.report.generation)
         self.last_report = restored.report
         self._publish(MESSAGE_RESTORE, {"phase": "done", "done_bytes": restored.report.bytes_loaded,
                                         "total_bytes": restored.report.bytes_loaded,

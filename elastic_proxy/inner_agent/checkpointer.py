@@ -28,11 +28,43 @@ from typing import Any, Callable
 import cloudpickle
 
 from ..store import GroupRef, SerializationError, StoreFullError
+from . import fingerprint
 from .filehandles import store_file_reducers
 from .graph import CellExecution
 
-INLINE_LIMIT = 1 << 20
-"""Estimated bytes of changed groups up to which writing inline beats forking."""
+FORK_SECONDS_PER_RSS_BYTE = 12e-3 / (1 << 30)
+"""Parent pause of os.fork(), copying page tables: 12 ms per GB resident (measured, docs/peers.md)."""
+INLINE_FIXED_SECONDS = 5e-3
+"""Nominal cost of an inline write besides pickling: a blob and a manifest, each fsynced."""
+INLINE_BYTES_PER_SECOND = 1e9
+
+
+def prefer_fork(estimated_bytes: int, resident_bytes: int) -> bool:
+    """Fork when the parent's pause for it is smaller than writing inline would be. Nominal
+    constants, not probes: the choice only moves the work, never changes what is written."""
+    fork = resident_bytes * FORK_SECONDS_PER_RSS_BYTE
+    return fork < INLINE_FIXED_SECONDS + estimated_bytes / INLINE_BYTES_PER_SECOND
+
+
+def resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+
+
+@dataclass
+class State:
+    """What the agent describes when a write starts (in the parent, from the main thread)."""
+
+    groups: dict[str, tuple[str, ...]]
+    body: dict[str, Any]
+    sizes: dict[str, int]
+    deferred: set[str] = field(default_factory=set)
+    previous: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,6 +78,10 @@ class Job:
     changed_names: set[str]
     cell: int
     estimated_bytes: int
+    deferred: set[str] = field(default_factory=set)
+    previous: dict[str, str] = field(default_factory=dict)
+    previous_refs: dict[str, Any] = field(default_factory=dict)
+    parent: int | None = None
     forked: bool = False
 
 
@@ -56,6 +92,7 @@ class Outcome:
     generation: int | None = None
     groups: dict[str, Any] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
+    fingerprints: dict[str, list[Any]] = field(default_factory=dict)
     bytes: int = 0
     seconds: float = 0.0
     error: str | None = None
@@ -77,7 +114,13 @@ def write_job(store: Any, namespace: Mapping[str, Any], job: Job) -> Outcome:
     problems = {gid: why for gid, why in job.base_problems.items() if gid in groups}
     written = 0
     out = Outcome()
+    for name in sorted(job.deferred):
+        print_ = fingerprint.inspect(namespace[name])
+        out.fingerprints[name] = [print_.hex(), print_.opaque]
     for gid, names in job.dirty.items():
+        if gid in job.previous_refs and _unchanged(names, out.fingerprints, job.previous):
+            groups[gid] = job.previous_refs[gid]
+            continue
         try:
             with store_file_reducers():
                 ref = store.put_group({name: namespace[name] for name in names})
@@ -99,12 +142,21 @@ def write_job(store: Any, namespace: Mapping[str, Any], job: Job) -> Outcome:
         entry = dict(entry)
         if entry.get("group") in problems:
             entry["recompute_only"] = problems[entry["group"]]
+        if name in out.fingerprints:
+            entry["fingerprint"], entry["opaque"] = out.fingerprints[name]
         variables[name] = entry
     body["variables"] = variables
-    out.generation = store.commit(body)
+    out.generation = store.commit(body) if job.parent is None else store.commit(body, parent=job.parent)
     out.bytes = written
     out.seconds = time.perf_counter() - started
     return out
+
+
+def _unchanged(names: tuple[str, ...], prints: Mapping[str, list[Any]], previous: Mapping[str, str]) -> bool:
+    """Every member was only touched, not changed: its fresh fingerprint equals the last known one."""
+    return all(
+        name in prints and not prints[name][1] and previous.get(name) == prints[name][0] for name in names
+    )
 
 
 class Checkpointer:
@@ -114,13 +166,16 @@ class Checkpointer:
         self,
         store: Any,
         namespace: Callable[[], Mapping[str, Any]],
-        describe_state: Callable[[], tuple[dict[str, tuple[str, ...]], dict[str, Any], dict[str, int]]],
+        describe_state: Callable[[], State],
         publish: Callable[[dict[str, Any]], None] | None = None,
-        inline_limit: int = INLINE_LIMIT,
+        inline_limit: int | None = None,
         allow_fork: bool = True,
+        on_fingerprints: Callable[[dict[str, list[Any]]], None] | None = None,
     ) -> None:
-        """`describe_state()` returns (alias groups gid -> names, manifest body without groups,
-        estimated size per name); it is called in the parent when a write starts."""
+        """`describe_state()` is called in the parent when a write starts; `on_fingerprints`
+        receives the fingerprints the writer computed for deferred (big) values. `inline_limit`
+        (bytes) overrides the cost rule of `prefer_fork`, for tests."""
+        self.on_fingerprints = on_fingerprints
         self.store = store
         self._namespace = namespace
         self._describe_state = describe_state
@@ -135,6 +190,7 @@ class Checkpointer:
         self.last_cell: int | None = None
         self.last_error: str | None = None
         self.forks = 0
+        self.parent: int | None = None
         self._last_committed_cell: int | None = None
         self._lock = threading.Lock()
         self._inflight: Job | None = None
@@ -150,11 +206,13 @@ class Checkpointer:
         self.groups, self.problems, self.changed = {}, {}, set()
         self.needs_commit = False
         self.last, self.last_cell, self.last_error = None, None, None
+        self.parent = None
 
-    def adopt(self, groups: Mapping[str, Any], problems: Mapping[str, str]) -> None:
+    def adopt(self, groups: Mapping[str, Any], problems: Mapping[str, str], generation: int | None) -> None:
         """Take the GroupRefs of a restored generation as the base, so unchanged groups are not rewritten."""
         self.groups = dict(groups)
         self.problems = dict(problems)
+        self.parent = generation
 
     # hooks -----------------------------------------------------------------------------------
     def on_cell(self, cell: CellExecution, *_: Any) -> None:
@@ -216,7 +274,8 @@ class Checkpointer:
 
     # writing ---------------------------------------------------------------------------------
     def _start(self) -> None:
-        groups, body, sizes = self._describe_state()
+        state = self._describe_state()
+        groups, body, sizes = state.groups, state.body, state.sizes
         changed = set(self.changed)
         dirty = {
             gid: names
@@ -233,13 +292,21 @@ class Checkpointer:
             changed_names=changed,
             cell=int(body.get("execution_count", 0)),
             estimated_bytes=estimated,
+            deferred={name for names in dirty.values() for name in names if name in state.deferred},
+            previous=dict(state.previous),
+            previous_refs={gid: self.groups[gid] for gid in dirty if self.groups.get(gid) is not None},
+            parent=self.parent,
         )
         self.changed = set()
         self.needs_commit = False
         self._inflight = job
         self._inflight_started = time.perf_counter()
         self._idle.clear()
-        if self.allow_fork and estimated > self.inline_limit:
+        if self.inline_limit is not None:
+            fork = estimated > self.inline_limit
+        else:
+            fork = prefer_fork(estimated, resident_bytes())
+        if self.allow_fork and fork:
             self._start_forked(job)
         else:
             self._run_inline(job)
@@ -330,7 +397,11 @@ class Checkpointer:
             self.problems.pop(gid, None)
         self.problems.update(outcome.problems)
         self.last = outcome
+        self.parent = outcome.generation
         self._last_committed_cell = job.cell
+        if self.on_fingerprints is not None and outcome.fingerprints:
+            fresh = {n: fp for n, fp in outcome.fingerprints.items() if n not in self.changed}
+            self.on_fingerprints(fresh)
         self.last_error = None
 
 

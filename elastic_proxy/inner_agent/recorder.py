@@ -19,6 +19,11 @@ from typing import Any, Callable
 from . import aliasing, analysis, fingerprint, sideeffects
 from .graph import CellExecution, SessionGraph
 
+DEFER_FINGERPRINT_ABOVE = 16 << 20
+"""Values estimated bigger than this are fingerprinted by the checkpoint writer (a forked
+process), not in the hook: hashing 1 GB would otherwise add ~0.2 s to the user's cell. Until the
+writer reports back, touching such a value counts as a (possible) mutation: errs towards changed."""
+
 _IPYTHON_NAMES = frozenset(
     {"In", "Out", "_", "__", "___", "_i", "_ii", "_iii", "_ih", "_oh", "_dh", "exit", "quit", "get_ipython"}
 )
@@ -97,6 +102,8 @@ class Recorder:
         self.graph = SessionGraph()
         self.fingerprints: dict[str, bytes] = {}
         self.opaque: set[str] = set()
+        self.deferred: set[str] = set()
+        self.defer_above = DEFER_FINGERPRINT_ABOVE
         self.sizes: dict[str, int] = {}
         self.aliases = aliasing.AliasGroups()
         self.listeners = list(listeners)
@@ -120,7 +127,7 @@ class Recorder:
         """Forget everything recorded (the namespace was cleared)."""
         self.discard_pending()
         self.graph = SessionGraph()
-        self.fingerprints, self.sizes, self.opaque = {}, {}, set()
+        self.fingerprints, self.sizes, self.opaque, self.deferred = {}, {}, set(), set()
         self.aliases = aliasing.AliasGroups()
 
     def register(self) -> None:
@@ -174,16 +181,21 @@ class Recorder:
             value = ns[name]
             if isinstance(value, types.ModuleType) and existed and pending.before_ids[name] == id(value):
                 continue
-            new_fp = self._fingerprint(value)
+            size = estimate_size(value)
+            big = size > self.defer_above
+            new_fp = None if big else self._fingerprint(value)
             if not existed and name not in self.fingerprints:
                 created.add(name)
             elif not existed or pending.before_ids[name] != id(value):
                 rebound.add(name)
-            elif new_fp is None or name in self.opaque or self.fingerprints.get(name) != new_fp.digest:
+            elif big or new_fp is None or name in self.opaque or self.fingerprints.get(name) != new_fp.digest:
                 mutated.add(name)
             else:
                 continue
-            self._remember(name, value, new_fp)
+            if big:
+                self._defer(name, size)
+            else:
+                self._remember(name, value, new_fp, size)
         changed = created | rebound | mutated
         if changed or deleted:
             self.aliases.update(ns, changed, deleted)
@@ -218,18 +230,39 @@ class Recorder:
         except Exception:
             return None
 
-    def _remember(self, name: str, value: Any, fp: fingerprint.Fingerprint | None) -> None:
+    def _remember(
+        self, name: str, value: Any, fp: fingerprint.Fingerprint | None, size: int | None = None
+    ) -> None:
         self.fingerprints[name] = fp.digest if fp is not None else b""
         if fp is None or fp.opaque:
             self.opaque.add(name)
         else:
             self.opaque.discard(name)
-        self.sizes[name] = estimate_size(value)
+        self.deferred.discard(name)
+        self.sizes[name] = estimate_size(value) if size is None else size
+
+    def _defer(self, name: str, size: int) -> None:
+        """Big value: its fingerprint is computed by the checkpoint writer, off the user's time.
+        The last known fingerprint stays, so the writer can tell "touched but unchanged"."""
+        self.fingerprints.setdefault(name, b"")
+        self.opaque.discard(name)
+        self.deferred.add(name)
+        self.sizes[name] = size
+
+    def accept_fingerprints(self, prints: dict[str, tuple[bytes, bool]]) -> None:
+        """Fingerprints the writer computed for deferred names (unchanged since its snapshot)."""
+        for name, (digest, opaque) in prints.items():
+            if name in self.deferred:
+                self.deferred.discard(name)
+                self.fingerprints[name] = digest
+                if opaque:
+                    self.opaque.add(name)
 
     def _forget(self, name: str) -> None:
         self.fingerprints.pop(name, None)
         self.sizes.pop(name, None)
         self.opaque.discard(name)
+        self.deferred.discard(name)
 
     def live_variables(self) -> list[str]:
         """The user's names that exist now and that the recorder has seen."""

@@ -192,7 +192,7 @@ def _restore_manifest(
     body = manifest.body
     refs = manifest.groups()
     variables: dict[str, Any] = body.get("variables", {})
-    graph = SessionGraph.from_json({"cells": body.get("cells", [])})
+    graph = SessionGraph.from_json({"cells": cell_log(store, body)})
     lost: dict[str, str] = {}
     groups = _group_costs(body, refs, lost)
     the_plan = plan(graph, groups)
@@ -267,6 +267,15 @@ def _restore_manifest(
     problems = {gid: "not serializable" for gid, ref in refs.items() if ref is None}
     names = [n for n in variables if n in ns]
     return Restored(report, graph, fingerprints, dict(manifest.get("groups", {})), problems, names)
+
+
+def cell_log(store: Any, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The whole cell log of a manifest: its sealed segments (verified blobs), then its tail."""
+    cells: list[dict[str, Any]] = []
+    for ref in body.get("cell_segments", []):
+        cells.extend(store.load_group(ref)["cells"])
+    cells.extend(body.get("cells", []))
+    return cells
 
 
 def _rerun(shell: Any, graph: SessionGraph, the_plan: Plan, report: RestoreReport) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from elastic_proxy.inner_agent.checkpointer import Checkpointer
+from elastic_proxy.inner_agent.checkpointer import Checkpointer, State, prefer_fork
 from elastic_proxy.inner_agent.graph import CellExecution
 from elastic_proxy.store import StoreFullError, open_store
 
@@ -47,7 +47,7 @@ def make(store, ns: dict, inline_limit: int = 0, published: list | None = None) 
                           for n, v in ns.items()},
             "execution_count": len(ns),
         }
-        return groups, body, {name: 10**9 for name in ns}
+        return State(groups, body, {name: 10**9 for name in ns})
 
     return Checkpointer(store, lambda: ns, describe, publish=None if published is None else published.append,
                         inline_limit=inline_limit)
@@ -168,3 +168,10 @@ def test_notebook_class_and_instance_from_different_forked_writers_stay_one_clas
     out = subprocess.run([sys.executable, "-c", LOAD_BOTH, str(tmp_path / "store")], capture_output=True,
                          text=True, check=True, env=dict(os.environ))
     assert out.stdout.split() == ["True", "2"], out
+
+
+def test_fork_is_chosen_when_its_pause_is_smaller_than_an_inline_write():
+    gib = 1 << 30
+    assert prefer_fork(estimated_bytes=100, resident_bytes=200 * 1024 * 1024)
+    assert not prefer_fork(estimated_bytes=100, resident_bytes=20 * gib)
+    assert prefer_fork(estimated_bytes=gib, resident_bytes=20 * gib)

@@ -1,0 +1,168 @@
+"""Per-cell overhead of the inner agent, against a plain ipykernel, side by side in one run.
+
+Two real kernels through jupyter_client: "plain" (stock ipykernel) and "agent" (the same with
+`%load_ext elastic_proxy.inner_agent`). For each namespace -- (a) nothing, (b) a 200 MB array,
+(c) list(range(5_000_000)), (d) a 1M-entry dict -- a trivial cell is timed from the client
+(execute_request to execute_reply), interleaving the two kernels so drift hits both alike.
+Two trivial cells: `1 + 1` (changes nothing) and `x = 1` (changes state: a checkpoint follows).
+Then a cell that creates a 1 GB array and the cell right after it: the agent's extra time on
+those two is the user-visible pause from recording and checkpointing.
+
+Target: p50 within +3 ms of plain in all four; pause under 50 ms. Baseline for comparison
+(docs/peers.md): ElasticKernel adds 0.7-1.1 s per trivial cell on (c) and (d).
+
+    .venv/bin/python bench/agent_overhead.py [--runs 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from typing import Any
+
+from jupyter_client.manager import KernelManager
+
+SCENARIOS = [
+    ("(a) empty namespace", "pass"),
+    ("(b) 200 MB array", "big = np.ones(25_000_000)"),
+    ("(c) list(range(5_000_000))", "big = list(range(5_000_000))"),
+    ("(d) 1M-entry dict", "big = {i: str(i) for i in range(1_000_000)}"),
+]
+TRIVIAL = [("`1 + 1`", "1 + 1"), ("`x = 1`", "x = 1")]
+
+
+class Kernel:
+    def __init__(self, name: str, env: dict[str, str], agent: bool) -> None:
+        self.name = name
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel(env=env)
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+        self.agent = agent
+        self.run("import numpy as np")
+        if agent:
+            self.run("%load_ext elastic_proxy.inner_agent")
+
+    def run(self, code: str) -> float:
+        """Seconds from sending the request to receiving its reply (what the user waits)."""
+        started = time.perf_counter()
+        reply = self.kc.execute(code, reply=True, timeout=600)
+        elapsed = time.perf_counter() - started
+        if reply["content"]["status"] != "ok":
+            raise RuntimeError(f"{self.name}: {code!r} failed: {reply['content']}")
+        return elapsed
+
+    def settle(self) -> None:
+        """Let a background checkpoint finish so it does not skew the next timing."""
+        if self.agent:
+            self.run("%elastic sync")
+
+    def close(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def measure(plain: Kernel, agent: Kernel, code: str, runs: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {"plain": [], "agent": []}
+    for _ in range(3):
+        plain.run(code)
+        agent.run(code)
+    agent.settle()
+    for _ in range(runs):
+        times["plain"].append(plain.run(code))
+        times["agent"].append(agent.run(code))
+    agent.settle()
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=60)
+    args = parser.parse_args()
+    workdir = tempfile.mkdtemp(prefix="elastic-bench-")
+    env = dict(os.environ)
+    env.update(ELASTIC_PROXY_STORE=os.path.join(workdir, "store"),
+               ELASTIC_PROXY_SECRET_FILE=os.path.join(workdir, "secret"),
+               ELASTIC_PROXY_SESSION="bench/agent_overhead", ELASTIC_PROXY_RESTORE="off")
+    plain = Kernel("plain", env, agent=False)
+    agent = Kernel("agent", env, agent=True)
+    rows: list[list[str]] = []
+    try:
+        for label, setup in SCENARIOS:
+            plain.run(setup)
+            agent.run(setup)
+            agent.settle()
+            for trivial_label, code in TRIVIAL:
+                t = measure(plain, agent, code, args.runs)
+                p50 = (statistics.median(t["plain"]), statistics.median(t["agent"]))
+                p99 = (percentile(t["plain"], 0.99), percentile(t["agent"], 0.99))
+                rows.append([label, trivial_label, ms(p50[0]), ms(p50[1]), f"{(p50[1] - p50[0]) * 1000:+.2f}",
+                             f"{p50[1] / p50[0]:.2f}", ms(p99[0]), ms(p99[1]), f"{(p99[1] - p99[0]) * 1000:+.2f}"])
+            plain.run("big = None")
+            agent.run("big = None")
+            agent.settle()
+        pause = one_gigabyte(plain, agent)
+        fork = agent_status(agent)
+    finally:
+        plain.close()
+        agent.close()
+    print(f"\nagent overhead per trivial cell, {args.runs} runs each, client-side round trip (ms)\n")
+    print("| namespace | cell | plain p50 | agent p50 | delta p50 | ratio p50 | plain p99 | agent p99 | delta p99 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print("\n1 GB array: user-visible pause from recording + checkpointing (ms)\n")
+    print("| cell | plain | agent | delta |")
+    print("|---|---|---|---|")
+    for label, (p, a) in pause.items():
+        print(f"| {label} | {ms(p)} | {ms(a)} | {(a - p) * 1000:+.2f} |")
+    print(f"\nthe 1 GB checkpoint itself (background): {fork}")
+
+
+def one_gigabyte(plain: Kernel, agent: Kernel) -> dict[str, tuple[float, float]]:
+    out: dict[str, list[tuple[float, float]]] = {"`huge = np.ones(125_000_000)`": [], "next cell `1 + 1`": []}
+    for _ in range(3):
+        made = (plain.run("huge = np.ones(125_000_000)"), agent.run("huge = np.ones(125_000_000)"))
+        after = (plain.run("1 + 1"), agent.run("1 + 1"))
+        out["`huge = np.ones(125_000_000)`"].append(made)
+        out["next cell `1 + 1`"].append(after)
+        agent.settle()
+        plain.run("huge = None")
+        agent.run("huge = None")
+        agent.settle()
+    return {k: (statistics.median(p for p, _ in v), statistics.median(a for _, a in v)) for k, v in out.items()}
+
+
+def agent_status(agent: Kernel) -> Any:
+    agent.run("huge = np.ones(125_000_000)")
+    agent.settle()
+    msg_id = agent.kc.execute(
+        "print(__import__('elastic_proxy.inner_agent', fromlist=['x']).get_agent(get_ipython())"
+        ".checkpointer.status())"
+    )
+    text = ""
+    while True:
+        msg = agent.kc.get_iopub_msg(timeout=60)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream":
+            text += msg["content"]["text"]
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            return text.strip()
+
+
+if __name__ == "__main__":
+    main()
