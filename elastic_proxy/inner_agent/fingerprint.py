@@ -320,15 +320,17 @@ class _Walker:
         self._emit(b"c" + _pack_dd(obj.real, obj.imag))
 
     def _str(self, obj: str) -> None:
-        data = _encode_str(obj)
-        self._emit(b"s" + _pack_Q(len(data)) + data)
+        self._sized(b"s", _encode_str(obj))
 
     def _bytes(self, obj: bytes) -> None:
-        self._emit(b"b" + _pack_Q(len(obj)))
-        if len(obj) >= _FLUSH_AT:
-            self._emit_large(obj)
+        self._sized(b"b", obj)
+
+    def _sized(self, tag: bytes, data: bytes) -> None:
+        if len(data) >= _FLUSH_AT:
+            self._emit(tag + _pack_Q(len(data)))
+            self._emit_large(data)
         else:
-            self._emit(obj)
+            self._emit(tag + _pack_Q(len(data)) + data)
 
     # -- traversal --------------------------------------------------------------------------------
 
