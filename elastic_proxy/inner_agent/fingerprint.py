@@ -10,6 +10,7 @@ hash() of str), so equal values give equal digests in a new process, as a restor
 from __future__ import annotations
 
 import array
+import copyreg
 import functools
 import io
 import mmap
@@ -115,6 +116,7 @@ def _value(*parts: Any) -> None:
 
 def _flat_bytes(arr: Any, numpy: Any) -> Any:
     """An array's elements as one contiguous uint8 view (copied only when not contiguous)."""
+    arr = numpy.asarray(arr)  # a subclass (masked, memmap, matrix) as its plain data
     if arr.flags.c_contiguous:
         flat = arr.reshape(-1)
     elif arr.flags.f_contiguous:
@@ -250,6 +252,7 @@ _HANDLERS_BY_BASE: tuple[tuple[Any, str], ...] = (
     (property, "_property"),
     (_DESCRIPTOR_TYPES, "_descriptor"),
     (types.CellType, "_cell"),
+    (types.MappingProxyType, "_mapping_proxy"),
 )
 
 
@@ -450,6 +453,10 @@ class _Walker:
         except ValueError:
             self._emit(b"-")
 
+    def _mapping_proxy(self, obj: types.MappingProxyType[Any, Any]) -> None:
+        self._header(b"y", type(obj))
+        self.stack.append(dict(obj))
+
     def _plain(self, obj: Any) -> None:
         self._header(b"o", type(obj))
         if _slot_names(type(obj)):
@@ -602,7 +609,8 @@ class _Walker:
         """Anything else is described the way pickle sees it, through __reduce_ex__; what
         cannot be pickled cannot be inspected either, and counts as changed every time."""
         try:
-            reduced = obj.__reduce_ex__(4)
+            custom = copyreg.dispatch_table.get(type(obj))  # how pickle itself looks first (re.Pattern)
+            reduced = custom(obj) if custom is not None else obj.__reduce_ex__(4)
         except Exception:
             self._opaque(obj)
             return
@@ -610,7 +618,7 @@ class _Walker:
         if isinstance(reduced, str):
             self._str(reduced)
             return
-        parts = list(reduced) + [None] * (5 - len(reduced))
+        parts = [*reduced, None, None, None, None][:5]
         parts[3] = list(parts[3]) if parts[3] is not None else None
         parts[4] = list(parts[4]) if parts[4] is not None else None
         self._push_all(parts[:5])

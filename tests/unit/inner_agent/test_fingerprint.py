@@ -303,6 +303,42 @@ def test_object_and_structured_arrays():
     assert fingerprint(np.datetime64("2024-01-01")) != fingerprint(np.datetime64("2024-01-02"))
 
 
+def test_library_values_are_inspected(tmp_path):
+    import datetime
+    import decimal
+    import pathlib
+    import re
+    import types
+
+    makers = [
+        lambda: datetime.datetime(2024, 1, 1),
+        lambda: decimal.Decimal("1.5"),
+        lambda: pathlib.Path("/tmp"),
+        lambda: re.compile("a+"),
+        lambda: types.MappingProxyType({"a": 1}),
+        lambda: types.SimpleNamespace(a=1),
+        lambda: np.dtype("f4"),
+        lambda: np.float32(1),
+        lambda: np.matrix([[1, 2]]),
+        lambda: range(3),
+        lambda: slice(1, 2),
+    ]
+    for make in makers:
+        assert not inspect(make()).opaque, make()
+        assert fingerprint(make()) == fingerprint(make())
+    assert fingerprint(re.compile("a+")) != fingerprint(re.compile("a*"))
+    masked = np.ma.masked_array([1, 2, 3], mask=[0, 1, 0])
+    before = fingerprint(masked)
+    masked.mask[0] = True
+    assert fingerprint(masked) != before
+    (tmp_path / "data.bin").write_bytes(bytes(16))
+    mapped = np.memmap(tmp_path / "data.bin", dtype="u1", mode="r+")
+    before = fingerprint(mapped)
+    mapped[3] = 7
+    assert fingerprint(mapped) != before
+    del mapped
+
+
 def test_generator_states_are_values():
     rng = np.random.default_rng(1)
     stdlib = random.Random(1)
