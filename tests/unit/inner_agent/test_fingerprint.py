@@ -269,6 +269,10 @@ def test_big_plain_data_and_one_odd_element():
     assert fingerprint(values) != before
     values[500] = 500
     assert fingerprint(values) == before
+    word = "x" * 10
+    twin = "".join(["x" * 5, "x" * 5])  # equal, another object: identity must not count
+    assert twin is not word
+    assert fingerprint([word] * 40) == fingerprint([word] * 39 + [twin])
     records = [{"id": i, "tags": {"x"}} for i in range(40)]  # sets are not plain data
     assert fingerprint(records) == fingerprint(copy.deepcopy(records))
 
