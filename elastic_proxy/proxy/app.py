@@ -96,7 +96,7 @@ class SupervisorApp(JupyterApp):
         def new_child(generation: int) -> KernelChild:
             limit = None
             if self.memory_limit:
-                limit = MemoryLimit.create(limit_bytes, f"{os.getpid()}-{generation}")
+                limit = MemoryLimit.create(limit_bytes, str(generation))
                 if limit.warning:
                     self.log.warning("%s", limit.warning)
             return KernelChild(specs=specs, kernel_name=kernel_name, runtime_dir=runtime_dir,

@@ -111,8 +111,11 @@ class ProtocolState:
         if kind == "kernel_info_request" and self.phase is not Phase.READY and self.kernel_info is not None:
             return self.reply_locally(msg, channel, "kernel_info_reply", self.kernel_info)
         if channel == CONTROL:
-            if kind == "interrupt_request" and self.child_interrupt_mode != "message":
-                return [Interrupt(), *self.reply_locally(msg, channel, "interrupt_reply", {"status": "ok"})]
+            if kind == "interrupt_request" and (self.child_interrupt_mode != "message"
+                                                or self.phase is not Phase.READY):
+                # A child still starting has no cell to interrupt, and SIGINT could kill it.
+                signal = [Interrupt()] if self.phase is Phase.READY else []
+                return [*signal, *self.reply_locally(msg, channel, "interrupt_reply", {"status": "ok"})]
             if kind == "usage_request":
                 return [UsageRequested(msg)]
             if kind == "shutdown_request":
@@ -286,6 +289,9 @@ class ProtocolState:
             if request.started:
                 crashed_stops |= msg.msg_type == "execute_request" and msg.content.get("stop_on_error", True)
                 actions.extend(self._answer_killed(request, cause))
+            elif msg.msg_type == "kernel_info_request" and self.kernel_info is not None:
+                info = self.kernel_info
+                actions.extend(self.reply_locally(msg, request.channel, "kernel_info_reply", info))
             elif msg.msg_type.startswith("comm_"):
                 continue  # the comm died with the child; the client gets comm_close after the respawn
             elif msg.msg_type == "shutdown_request":

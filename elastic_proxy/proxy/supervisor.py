@@ -42,6 +42,9 @@ MAX_TOPIC_BYTES = 1024
 PROBE_INTERVAL = 0.25
 START_TIMEOUT = 60.0
 SHUTDOWN_GRACE = 3.0
+#: After a child's death: wait until its sockets were quiet this long (at most SETTLE_MAX).
+SETTLE_QUIET = 0.05
+SETTLE_MAX = 0.5
 
 ChildFactory = Callable[[int], KernelChild]
 
@@ -98,6 +101,7 @@ class Supervisor:
         self._tasks: list[asyncio.Task] = []
         self._exit: asyncio.Future[int] | None = None
         self._send_lock = asyncio.Lock()
+        self._last_child_traffic = 0.0
         self.heartbeat: Heartbeat | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -129,6 +133,9 @@ class Supervisor:
             else:
                 sock.setsockopt(zmq.XPUB_VERBOSE, 1)
                 sock.setsockopt(zmq.XPUB_MANUAL, 1)
+                # Inbound IOPub traffic is only subscriptions: a peer sending a bigger one is cut off
+                # by libzmq before the bytes are buffered.
+                sock.setsockopt(zmq.MAXMSGSIZE, MAX_TOPIC_BYTES + 1)
             sock.bind(client_url(self.info, channel))
             self.client[channel] = sock
         self.heartbeat = Heartbeat(client_url(self.info, "hb"))
@@ -200,7 +207,7 @@ class Supervisor:
 
     async def _child_gone(self, child: KernelChild, cause: str) -> None:
         """Answer what the dead child owed, then respawn (or stop, on shutdown or a storm)."""
-        await self._drain_child()
+        await self._settle_child_traffic()
         shutting_down = self.state.shutting_down
         respawn = not shutting_down and self.storm.record_death(time.monotonic())
         if not shutting_down:
@@ -218,13 +225,18 @@ class Supervisor:
         elif not shutting_down:
             self._request_exit(1)
 
-    async def _drain_child(self) -> None:
-        """Forward what the child sent just before it died, so outputs precede the error."""
-        if self.child is None:
-            return
-        for channel, sock in self.child_sockets.items():
-            while await sock.poll(0):
-                await self._from_child(channel, await sock.recv_multipart(), self.child)
+    async def _settle_child_traffic(self) -> None:
+        """Let the readers forward what the child sent just before it died.
+
+        The pidfd can report the exit before the child's last messages (its busy status, the
+        output printed before the crash) are read. Answering first would put the error before
+        those outputs, or take a started cell for a queued one and run it again.
+        """
+        deadline = time.monotonic() + SETTLE_MAX
+        while time.monotonic() < deadline:
+            await asyncio.sleep(SETTLE_QUIET / 2)
+            if time.monotonic() - self._last_child_traffic >= SETTLE_QUIET:
+                return
 
     async def _close_child(self) -> None:
         for task in self._child_tasks:
@@ -256,6 +268,7 @@ class Supervisor:
             await self._from_child(channel, raw, child)
 
     async def _from_child(self, channel: str, raw: list[bytes], child: KernelChild) -> None:
+        self._last_child_traffic = time.monotonic()
         try:
             msg = parse(raw, child.signer)
         except WireError as err:
@@ -312,6 +325,17 @@ class Supervisor:
             self.log.debug("no child socket for %s; message dropped", action.channel)
             return
         await sock.send_multipart(action.msg.to_frames(self.child.signer))
+        if action.msg.msg_type == "shutdown_request":
+            self._tasks.append(asyncio.ensure_future(self._kill_if_lingering(self.child)))
+
+    async def _kill_if_lingering(self, child: KernelChild) -> None:
+        """A child asked to shut down gets SHUTDOWN_GRACE seconds, then SIGKILL (Jupyter waits 5 s)."""
+        assert child.exit_code is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(child.exit_code), SHUTDOWN_GRACE)
+        except asyncio.TimeoutError:
+            self.log.warning("kernel child %d ignored shutdown_request; killing it", child.generation)
+            child.kill()
 
     def _usage(self) -> dict[str, Any]:
         """usage_reply as ipykernel shapes it, but for the child: the process users care about."""

@@ -295,3 +295,11 @@ def test_storm_guard_forgets_old_deaths():
     assert guard.record_death(0.0)
     assert guard.record_death(20.0)  # the first death is out of the window
     assert not guard.record_death(21.0)
+
+
+def test_interrupt_while_the_child_is_down_is_answered_without_a_signal():
+    state = ready_state(child_interrupt_mode="message")
+    state.child_died("killed", respawn=True)
+    actions = state.client_message(CONTROL, request("interrupt_request"))
+    assert not [a for a in actions if isinstance(a, Interrupt)]
+    assert types(actions) == [(IOPUB, "status"), (CONTROL, "interrupt_reply"), (IOPUB, "status")]
