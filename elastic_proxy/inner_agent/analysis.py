@@ -168,15 +168,15 @@ class _Scope:
 
     def resolves_global(self, name: str) -> bool:
         """Python's rule: the innermost function scope that binds the name owns it; class
-        bodies own names only for code directly in them; declared globals skip to the module."""
+        bodies never own names for code nested in them, and code directly in a class body
+        reads the global until the body binds the name (`class C: x = x`), so it counts as a
+        global read there; declared globals skip to the module."""
         scope: _Scope | None = self
-        direct = True
         while scope is not None and scope.kind != "module":
             if name in scope.declared_global:
                 return True
-            if (scope.kind != "class" or direct) and (name in scope.local or name in scope.declared_nonlocal):
+            if scope.kind != "class" and (name in scope.local or name in scope.declared_nonlocal):
                 return False
-            direct = False
             scope = scope.parent
         return True
 

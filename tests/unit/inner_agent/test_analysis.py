@@ -168,6 +168,7 @@ def test_class_bodies():
     """)
     assert result.loads == {"Base", "factor", "size"}  # `size` in the method is the global one
     assert result.stores == {"Model"}
+    assert names("class C:\n    x = x + 1\n").loads == {"x"}  # the body reads the global first
 
 
 def test_comprehensions_and_walrus():
