@@ -56,6 +56,18 @@ class Kernel:
             raise RuntimeError(f"{self.name}: {code!r} failed: {reply['content']}")
         return elapsed
 
+    def stdout(self, code: str) -> str:
+        msg_id = self.kc.execute(code)
+        text = ""
+        while True:
+            msg = self.kc.get_iopub_msg(timeout=60)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                text += msg["content"]["text"]
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                return text
+
     def settle(self) -> None:
         """Let a background checkpoint finish so it does not skew the next timing."""
         if self.agent:
@@ -75,15 +87,33 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f}"
 
 
+def delta(plain: float, agent: float) -> str:
+    return f"{(agent - plain) * 1000:+.2f}"
+
+
+AGENT = "__import__('elastic_proxy.inner_agent', fromlist=['x']).get_agent(get_ipython())"
+
+
+def hook_times(agent: Kernel, clear: bool = False) -> list[float]:
+    """The agent's own measure of its hooks' time per cell (in-kernel, free of client noise)."""
+    if clear:
+        agent.run(f"{AGENT}.overhead.clear()")
+        return []
+    text = agent.stdout(f"print(list({AGENT}.overhead))")
+    return [float(x) for x in text.strip().strip("[]").split(",") if x.strip()]
+
+
 def measure(plain: Kernel, agent: Kernel, code: str, runs: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {"plain": [], "agent": []}
     for _ in range(3):
         plain.run(code)
         agent.run(code)
     agent.settle()
+    hook_times(agent, clear=True)
     for _ in range(runs):
         times["plain"].append(plain.run(code))
         times["agent"].append(agent.run(code))
+    times["hooks"] = hook_times(agent)[1:]
     agent.settle()
     return times
 
@@ -109,8 +139,10 @@ def main() -> None:
                 t = measure(plain, agent, code, args.runs)
                 p50 = (statistics.median(t["plain"]), statistics.median(t["agent"]))
                 p99 = (percentile(t["plain"], 0.99), percentile(t["agent"], 0.99))
-                rows.append([label, trivial_label, ms(p50[0]), ms(p50[1]), f"{(p50[1] - p50[0]) * 1000:+.2f}",
-                             f"{p50[1] / p50[0]:.2f}", ms(p99[0]), ms(p99[1]), f"{(p99[1] - p99[0]) * 1000:+.2f}"])
+                hooks = t["hooks"]
+                rows.append([label, trivial_label, ms(p50[0]), ms(p50[1]), delta(*p50),
+                             f"{p50[1] / p50[0]:.2f}", ms(p99[0]), ms(p99[1]), delta(*p99),
+                             ms(statistics.median(hooks)), ms(percentile(hooks, 0.99))])
             plain.run("big = None")
             agent.run("big = None")
             agent.settle()
@@ -120,48 +152,41 @@ def main() -> None:
         plain.close()
         agent.close()
     print(f"\nagent overhead per trivial cell, {args.runs} runs each, client-side round trip (ms)\n")
-    print("| namespace | cell | plain p50 | agent p50 | delta p50 | ratio p50 | plain p99 | agent p99 | delta p99 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| namespace | cell | plain p50 | agent p50 | delta p50 | ratio p50 | plain p99 | agent p99 "
+          "| delta p99 | agent hooks p50 | agent hooks p99 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     print("\n1 GB array: user-visible pause from recording + checkpointing (ms)\n")
-    print("| cell | plain | agent | delta |")
-    print("|---|---|---|---|")
-    for label, (p, a) in pause.items():
-        print(f"| {label} | {ms(p)} | {ms(a)} | {(a - p) * 1000:+.2f} |")
+    print("| cell | plain | agent | delta | agent hooks |")
+    print("|---|---|---|---|---|")
+    for label, (p, a, h) in pause.items():
+        print(f"| {label} | {ms(p)} | {ms(a)} | {delta(p, a)} | {ms(h)} |")
     print(f"\nthe 1 GB checkpoint itself (background): {fork}")
 
 
-def one_gigabyte(plain: Kernel, agent: Kernel) -> dict[str, tuple[float, float]]:
-    out: dict[str, list[tuple[float, float]]] = {"`huge = np.ones(125_000_000)`": [], "next cell `1 + 1`": []}
+def one_gigabyte(plain: Kernel, agent: Kernel) -> dict[str, tuple[float, ...]]:
+    """(plain, agent, agent hooks) medians of 3 rounds, for the creating cell and the next one."""
+    labels = ["`huge = np.ones(125_000_000)`", "next cell `1 + 1`"]
+    rounds: list[list[tuple[float, float, float]]] = [[], []]
     for _ in range(3):
+        hook_times(agent, clear=True)
         made = (plain.run("huge = np.ones(125_000_000)"), agent.run("huge = np.ones(125_000_000)"))
         after = (plain.run("1 + 1"), agent.run("1 + 1"))
-        out["`huge = np.ones(125_000_000)`"].append(made)
-        out["next cell `1 + 1`"].append(after)
+        hooks = hook_times(agent)[1:3]
+        rounds[0].append((*made, hooks[0]))
+        rounds[1].append((*after, hooks[1]))
         agent.settle()
         plain.run("huge = None")
         agent.run("huge = None")
         agent.settle()
-    return {k: (statistics.median(p for p, _ in v), statistics.median(a for _, a in v)) for k, v in out.items()}
+    return {label: tuple(statistics.median(col) for col in zip(*rs)) for label, rs in zip(labels, rounds)}
 
 
 def agent_status(agent: Kernel) -> Any:
     agent.run("huge = np.ones(125_000_000)")
     agent.settle()
-    msg_id = agent.kc.execute(
-        "print(__import__('elastic_proxy.inner_agent', fromlist=['x']).get_agent(get_ipython())"
-        ".checkpointer.status())"
-    )
-    text = ""
-    while True:
-        msg = agent.kc.get_iopub_msg(timeout=60)
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] == "stream":
-            text += msg["content"]["text"]
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            return text.strip()
+    return agent.stdout(f"print({AGENT}.checkpointer.status())").strip()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 import types
+from collections import deque
 from typing import Any
 
 from .checkpointer import Checkpointer, State
@@ -58,6 +60,9 @@ class Agent:
         self.pending_report: RestoreReport | None = None
         self.last_report: RestoreReport | None = None
         self._parent: Any = None
+        self._pre_seconds = 0.0
+        self.overhead: deque[float] = deque(maxlen=1000)
+        """Seconds the agent's hooks took, per cell (the user-visible cost; the bench reads it)."""
         self._cells_json_of: Any = None
         self._cells_json: dict[int, dict[str, Any]] = {}
         self._segments: list[dict[str, Any]] = []
@@ -65,11 +70,9 @@ class Agent:
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         self.shell.events.register("pre_run_cell", self._before_cell)
-        self.recorder.register()
         self.shell.events.register("post_run_cell", self._after_cell)
 
     def stop(self) -> None:
-        self.recorder.unregister()
         for event, hook in (("pre_run_cell", self._before_cell), ("post_run_cell", self._after_cell)):
             try:
                 self.shell.events.unregister(event, hook)
@@ -77,15 +80,21 @@ class Agent:
                 pass
         self.checkpointer.wait(timeout=30)
 
-    def _before_cell(self, _info: Any) -> None:
+    def _before_cell(self, info: Any) -> None:
+        started = time.perf_counter()
         self._parent = self._current_parent()
         self.checkpointer.poll()
         if self.pending_report is not None:
             report, self.pending_report = self.pending_report, None
             self.display(report.mimebundle())
+        self.recorder.pre_run_cell(info)
+        self._pre_seconds = time.perf_counter() - started
 
-    def _after_cell(self, _result: Any) -> None:
+    def _after_cell(self, result: Any) -> None:
+        started = time.perf_counter()
+        self.recorder.post_run_cell(result)
         self.checkpointer.poll()
+        self.overhead.append(self._pre_seconds + time.perf_counter() - started)
 
     # state for the checkpoint ----------------------------------------------------------------
     def describe_state(self) -> State:

@@ -37,6 +37,9 @@ FORK_SECONDS_PER_RSS_BYTE = 12e-3 / (1 << 30)
 INLINE_FIXED_SECONDS = 5e-3
 """Nominal cost of an inline write besides pickling: a blob and a manifest, each fsynced."""
 INLINE_BYTES_PER_SECOND = 1e9
+BACKGROUND_NICENESS = 10
+"""The forked writer yields the CPU to the user's kernel: on two cores, a writer hashing 1 GB at
+normal priority delayed the user's next replies by tens of milliseconds."""
 
 
 def prefer_fork(estimated_bytes: int, resident_bytes: int) -> bool:
@@ -434,6 +437,7 @@ def _snapshot_process(
     try:
         gc.disable()
         os.close(read_fd)
+        os.nice(BACKGROUND_NICENESS)
         sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the process ends with os._exit)
         warnings.simplefilter("ignore")
         try:

@@ -130,17 +130,6 @@ class Recorder:
         self.fingerprints, self.sizes, self.opaque, self.deferred = {}, {}, set(), set()
         self.aliases = aliasing.AliasGroups()
 
-    def register(self) -> None:
-        self.shell.events.register("pre_run_cell", self.pre_run_cell)
-        self.shell.events.register("post_run_cell", self.post_run_cell)
-
-    def unregister(self) -> None:
-        for event, hook in (("pre_run_cell", self.pre_run_cell), ("post_run_cell", self.post_run_cell)):
-            try:
-                self.shell.events.unregister(event, hook)
-            except ValueError:
-                pass
-
     def pre_run_cell(self, info: Any) -> None:
         if self.paused:
             return
