@@ -200,6 +200,7 @@ class Checkpointer:
         self._inflight_pid: int | None = None
         self._inflight_started = 0.0
         self._finished: tuple[Job, Outcome] | None = None
+        self._watcher: threading.Thread | None = None
         self._idle = threading.Event()
         self._idle.set()
 
@@ -327,6 +328,8 @@ class Checkpointer:
 
     def _start_forked(self, job: Job) -> None:
         job.forked = True
+        if self._watcher is not None:
+            self._watcher.join(timeout=1.0)  # it may still be announcing: fork with no thread mid-call
         read_fd, write_fd = os.pipe()
         namespace = self._namespace()
         track_notebook_classes(namespace)
@@ -338,9 +341,10 @@ class Checkpointer:
         os.close(write_fd)
         self.forks += 1
         self._inflight_pid = pid
-        threading.Thread(
+        self._watcher = threading.Thread(
             target=self._watch, args=(job, pid, read_fd), name="elastic-checkpoint-watch", daemon=True
-        ).start()
+        )
+        self._watcher.start()
 
     def _watch(self, job: Job, pid: int, read_fd: int) -> None:
         chunks = []

@@ -83,6 +83,7 @@ class _Pending:
     facts: analysis.CellNames
     before_ids: dict[str, int]
     candidates: set[str]
+    reads: set[str]
     keys_before: set[str] | None
     audit: Any
     started: float
@@ -143,9 +144,16 @@ class Recorder:
         candidates = self._with_aliases({n for n in touched if self.is_user_name(n)})
         before_ids = {name: id(ns[name]) for name in candidates if name in ns}
         keys_before = set(ns) if facts.dynamic else None
+        if keys_before is not None:
+            reads = {n for n in keys_before if self.is_user_name(n)}
+        else:
+            used = facts.loads | facts.mutated | facts.calls | called.loads
+            reads = {n for n in self._with_aliases({n for n in used if self.is_user_name(n)}) if n in ns}
         audit = sideeffects.AuditRecorder(self.ignore_prefixes)
         audit.start()
-        self._pending = _Pending(raw, facts, before_ids, candidates, keys_before, audit, time.perf_counter())
+        self._pending = _Pending(
+            raw, facts, before_ids, candidates, reads, keys_before, audit, time.perf_counter()
+        )
 
     def post_run_cell(self, result: Any) -> None:
         pending, self._pending = self._pending, None
@@ -193,7 +201,7 @@ class Recorder:
             execution_count=int(getattr(result, "execution_count", None) or self.shell.execution_count),
             code=pending.raw_cell,
             runtime=runtime,
-            reads=frozenset(n for n in pending.candidates if n in pending.before_ids),
+            reads=frozenset(pending.reads),
             created=frozenset(created),
             rebound=frozenset(rebound),
             mutated=frozenset(mutated),

@@ -1,0 +1,64 @@
+"""Recorder in a real IPython shell: what each cell read, created, rebound, mutated and deleted."""
+
+from __future__ import annotations
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+from elastic_proxy.inner_agent.graph import CellExecution
+from elastic_proxy.inner_agent.recorder import Recorder
+
+
+@pytest.fixture
+def rec():
+    shell = InteractiveShell()
+    recorder = Recorder(shell)
+    shell.events.register("pre_run_cell", recorder.pre_run_cell)
+    shell.events.register("post_run_cell", recorder.post_run_cell)
+    return recorder
+
+
+def cell(rec: Recorder, code: str) -> CellExecution:
+    rec.shell.run_cell(code, store_history=True)
+    return rec.graph.cells[max(rec.graph.cells)]
+
+
+def test_bind_rebind_mutate_delete(rec):
+    c = cell(rec, "x = [1]\ny = 2")
+    assert c.created == {"x", "y"} and not c.reads
+    c = cell(rec, "x = [5]")
+    assert c.rebound == {"x"} and "x" not in c.reads, "overwriting a name is not reading it"
+    c = cell(rec, "x.append(3)")
+    assert c.mutated == {"x"} and "x" in c.reads
+    c = cell(rec, "del y")
+    assert c.deleted == {"y"}
+
+
+def test_attribute_and_deep_edits_are_mutations(rec):
+    cell(rec, "import numpy as np\nclass P:\n    pass\np = P()\np.v = 1\nd = {'a': {'b': [np.zeros(4)]}}")
+    assert cell(rec, "p.v = 2").mutated == {"p"}
+    assert cell(rec, "d['a']['b'][0][2] = 7").mutated == {"d"}
+    assert cell(rec, "p.v = 2").mutated == frozenset(), "same value again is no change"
+
+
+def test_mutation_through_an_alias_and_through_a_notebook_function(rec):
+    cell(rec, "a = [1]\nb = a\nlog = []\ndef note(v):\n    log.append(v)")
+    assert cell(rec, "b.append(2)").mutated == {"a", "b"}
+    c = cell(rec, "note(3)")
+    assert c.mutated == {"log"} and "log" in c.reads
+
+
+def test_magics_dynamic_names_and_failed_cells(rec):
+    assert cell(rec, "%%time\ntimed = 1").created == {"timed"}
+    assert cell(rec, "exec('e = 1')\nglobals()['g'] = 2").created == {"e", "g"}
+    cell(rec, "lst = [1]")
+    c = cell(rec, "lst.append(2)\n1 / 0")
+    assert c.mutated == {"lst"} and c.error == "ZeroDivisionError"
+
+
+def test_big_values_are_fingerprinted_later_not_in_the_hook(rec):
+    rec.defer_above = 1000
+    c = cell(rec, "import numpy as np\nbig = np.zeros(10_000)\nsmall = 1")
+    assert c.created >= {"big", "small"}
+    assert "big" in rec.deferred and "small" not in rec.deferred
+    assert cell(rec, "big.sum()").mutated == {"big"}, "until fingerprinted, touching counts as a change"
