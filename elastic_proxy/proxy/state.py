@@ -9,6 +9,7 @@ counter never goes back. The socket code in `supervisor.py` only carries out `Se
 
 from __future__ import annotations
 
+import ast
 import enum
 import uuid
 from collections import deque
@@ -32,6 +33,7 @@ AGENT_TYPES = frozenset({"elastic_checkpoint", "elastic_restore"})
 
 class Phase(enum.Enum):
     STARTING = "starting"  # a child is being launched or probed
+    RESTORING = "restoring"  # the child answers; asking its agent what it restored, replaying cells
     READY = "ready"  # requests flow to the child
     DEAD = "dead"  # the child died; waiting for the respawn
     STOPPED = "stopped"  # shutdown requested, or respawning given up
@@ -85,6 +87,30 @@ class _Probe:
     replied: bool = False
 
 
+@dataclass(frozen=True)
+class LoggedCell:
+    """A cell that completed: what replay-only recovery re-runs."""
+
+    execution_count: int
+    code: str
+
+
+#: What the supervisor asks a Python child after it starts (a user expression, so no cell is used up).
+AGENT_SUMMARY_EXPRESSION = "__import__('elastic_proxy.inner_agent.supervisor_link', fromlist=['_']).summary({})"
+
+
+def parse_agent_summary(reply_content: dict[str, Any]) -> dict[str, Any] | None:
+    """The agent's summary from an execute_reply's user_expressions; None where there is no agent."""
+    value = reply_content.get("user_expressions", {}).get("elastic", {})
+    if value.get("status") != "ok":
+        return None
+    try:
+        summary = ast.literal_eval(value.get("data", {}).get("text/plain", ""))
+    except (ValueError, SyntaxError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
 @dataclass
 class ProtocolState:
     """What the supervisor knows about the conversation between the client and its child."""
@@ -100,6 +126,16 @@ class ProtocolState:
     open_comms: dict[str, str] = field(default_factory=dict)
     pending_input: WireMessage | None = None
     shutting_down: bool = False
+    child_language: str = "python"
+    cell_log: list[LoggedCell] = field(default_factory=list)
+    last_checkpoint: dict[str, Any] | None = None
+    recovery_notice: str | None = None
+    _replaying: dict[str, LoggedCell] = field(default_factory=dict)
+    _replayed: list[int] = field(default_factory=list)
+    _replay_failures: list[str] = field(default_factory=list)
+    _replay_by_agent: bool = False
+    _summary_id: str | None = None
+    _child_count: int = 0
     _probe: _Probe | None = None
     _internal_ids: set[str] = field(default_factory=set)
 
@@ -134,11 +170,17 @@ class ProtocolState:
         if self.phase is not Phase.READY:
             self.queued.append((channel, msg))
             return []
-        return [self._forward(channel, msg)]
+        return self._forward(channel, msg)
 
-    def _forward(self, channel: str, msg: WireMessage) -> Send:
+    def _forward(self, channel: str, msg: WireMessage) -> list[Action]:
         self.in_flight[msg.msg_id] = Request(channel, msg)
-        return Send("child", channel, msg)
+        actions: list[Action] = []
+        if self.recovery_notice and msg.msg_type == "execute_request":
+            notice = {"name": "stderr", "text": self.recovery_notice + "\n"}
+            actions.append(self._new(IOPUB, "stream", notice, parent=msg))
+            self.recovery_notice = None
+        actions.append(Send("child", channel, msg))
+        return actions
 
     def _client_input(self, msg: WireMessage) -> list[Action]:
         if msg.msg_type != "input_reply" or self.pending_input is None or self.phase is not Phase.READY:
@@ -149,7 +191,7 @@ class ProtocolState:
     def _client_shutdown(self, msg: WireMessage) -> list[Action]:
         self.shutting_down = True
         if self.phase is Phase.READY:
-            return [self._forward(CONTROL, msg)]
+            return self._forward(CONTROL, msg)
         restart = bool(msg.content.get("restart", False))
         self.phase = Phase.STOPPED
         return [
@@ -173,15 +215,25 @@ class ProtocolState:
         if request is not None:
             request.replied = True
             self._retire(request)
-        if kind == "kernel_info_reply":
+        if kind == "execute_reply":
+            msg = self._shift_count(msg)
+            if request is not None:
+                self._log_cell(request.msg, msg.content)
+        elif kind == "kernel_info_reply":
             self.kernel_info = self._advertised(msg.content)
             msg = msg.with_content(self.kernel_info)
-        elif kind in COUNTED_TYPES:
-            msg = self._shift_count(msg)
         return [Send("client", channel, msg)]
+
+    def _log_cell(self, request: WireMessage, reply: dict[str, Any]) -> None:
+        content = request.content
+        if reply.get("status") != "ok" or content.get("silent") or not content.get("store_history", True):
+            return
+        self.cell_log.append(LoggedCell(int(reply.get("execution_count") or 0), content.get("code", "")))
 
     def _child_iopub(self, msg: WireMessage) -> list[Action]:
         kind = msg.msg_type
+        if kind == "elastic_checkpoint":
+            self.last_checkpoint = dict(msg.content)
         if kind == "iopub_welcome" or kind in AGENT_TYPES:
             return []
         parent_id = msg.parent_msg_id
@@ -228,9 +280,10 @@ class ProtocolState:
         return {**content, "supported_features": features, "debugger": False}
 
     # --- child lifecycle ---------------------------------------------------------------
-    def child_started(self) -> list[Action]:
+    def child_started(self, language: str = "python") -> list[Action]:
         """A new child process is up: probe it until its reply AND an IOPub message arrive."""
         self.phase = Phase.STARTING
+        self.child_language = language
         return [self.probe()]
 
     def probe(self) -> Send:
@@ -241,15 +294,80 @@ class ProtocolState:
         return Send("child", SHELL, msg)
 
     def _internal_reply(self, msg: WireMessage) -> list[Action]:
-        if self._probe is not None and msg.parent_msg_id == self._probe.msg_id:
+        parent_id = msg.parent_msg_id
+        if self._probe is not None and parent_id == self._probe.msg_id:
             self._probe.replied = True
             self.kernel_info = self._advertised(msg.content)
+        elif parent_id == self._summary_id and msg.msg_type == "execute_reply":
+            self._summary_id = None
+            return self._recover(parse_agent_summary(msg.content))
+        elif parent_id in self._replaying and msg.msg_type == "execute_reply":
+            cell = self._replaying.pop(parent_id)
+            if msg.content.get("status") != "ok":
+                self._replay_failures.append(f"[{cell.execution_count}] ({msg.content.get('ename', 'error')})")
+            if not self._replaying:
+                return self._recovered()
         return []
 
     def _became_ready(self) -> list[Action]:
+        """The child answers: find out what its agent restored (Python), then replay what is missing."""
         self._probe = None
+        self.phase = Phase.RESTORING
+        if self.child_language != "python":
+            return self._recover(None)
+        query = self._internal_execute("", {"elastic": AGENT_SUMMARY_EXPRESSION.format(self.execution_count)})
+        self._summary_id = query.msg.msg_id
+        return [query]
+
+    def _internal_execute(self, code: str, user_expressions: dict[str, str] | None = None) -> Send:
+        content = {"code": code, "silent": True, "store_history": False, "allow_stdin": False,
+                   "stop_on_error": False, "user_expressions": user_expressions or {}}
+        msg = new_message("execute_request", content, parent=None, session=self.session)
+        self._internal_ids.add(msg.msg_id)
+        return Send("child", SHELL, msg)
+
+    def _recover(self, summary: dict[str, Any] | None) -> list[Action]:
+        """Replay the completed cells the new child lacks.
+
+        With an agent: those after the checkpoint it restored (none if restore is off). Without
+        one (another language, or a Python without elastic-proxy): every completed cell.
+        """
+        self._replay_by_agent = summary is not None
+        if summary is None:
+            replay = list(self.cell_log)
+            self._child_count = 0
+        else:
+            self._child_count = int(summary.get("execution_count") or 0)
+            restored = summary.get("restored_cell")
+            if not summary.get("restore", True):
+                replay = []
+            else:
+                after = int(restored) if restored is not None else 0
+                replay = [c for c in self.cell_log if c.execution_count > after]
+        self._replay_failures = []
+        if not replay:
+            return self._recovered()
+        sends = []
+        for cell in replay:
+            send = self._internal_execute(cell.code)
+            self._replaying[send.msg.msg_id] = cell
+            sends.append(send)
+        self._replayed = [c.execution_count for c in replay]
+        return sends
+
+    def _recovered(self) -> list[Action]:
+        if self._replayed:
+            cells = ", ".join(f"[{n}]" for n in self._replayed)
+            what = ("Re-ran the cells completed after the checkpoint " if self._replay_by_agent else
+                    "No checkpoint agent in this kernel: its state was rebuilt by re-running the completed cells ")
+            notice = f"elastic-proxy: {what}{cells}."
+            if self._replay_failures:
+                failed = ", ".join(self._replay_failures)
+                notice += f" These failed when re-run, so their effects are missing: {failed}."
+            self.recovery_notice = notice
+        self._replayed = []
         self._internal_ids.clear()
-        return self.child_ready()
+        return self.child_ready(self._child_count)
 
     def child_ready(self, child_execution_count: int = 0) -> list[Action]:
         """The child answers and its IOPub is live: close stale comms, then drain the queue.
@@ -258,7 +376,9 @@ class ProtocolState:
         (0 for a fresh child, or the restored count when the agent brought it back).
         """
         self.phase = Phase.READY
-        self.count_offset = self.execution_count - child_execution_count
+        # A restored child may be ahead (a new supervisor after a restart starts at 0): never go back.
+        self.count_offset = max(self.execution_count - child_execution_count, 0)
+        self.execution_count = max(self.execution_count, child_execution_count)
         actions: list[Action] = []
         for comm_id in list(self.open_comms):
             close = new_message("comm_close", {"comm_id": comm_id, "data": {}}, parent=None,
@@ -280,6 +400,8 @@ class ProtocolState:
         self.phase = Phase.DEAD if respawn and not was_shutting_down else Phase.STOPPED
         self.pending_input = None
         self._probe = None
+        self._summary_id = None
+        self._replaying.clear()
         self._internal_ids.clear()
         actions: list[Action] = []
         crashed_stops = False

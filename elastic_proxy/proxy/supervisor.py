@@ -166,7 +166,8 @@ class Supervisor:
             return
         self.log.info("kernel child %d started (pid %d)", child.generation, child.pid)
         self._connect_child(child)
-        await self._execute(self.state.child_started())
+        self.state.child_interrupt_mode = child.interrupt_mode
+        await self._execute(self.state.child_started(child.language))
         self._child_tasks.append(asyncio.ensure_future(self._watch_child(child)))
         self._child_tasks.append(asyncio.ensure_future(self._probe_until_ready(child)))
 

@@ -91,7 +91,8 @@ def run(kc: BlockingKernelClient, code: str, timeout: float = 60, **kw: Any) -> 
 
 
 def stdout_of(outputs: list[dict]) -> str:
-    return "".join(m["content"]["text"] for m in outputs if m["msg_type"] == "stream")
+    return "".join(m["content"]["text"] for m in outputs
+                   if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:

@@ -32,16 +32,32 @@ def from_child(msg_type: str, content: dict, parent: WireMessage, idents=CLIENT)
     return new_message(msg_type, content, parent=parent, session="child", idents=list(idents))
 
 
-def ready_state(**kw) -> ProtocolState:
-    """A state whose child answered the probe and whose IOPub is live."""
-    state = ProtocolState(**kw)
-    (probe,) = state.child_started()
+def agent_summary(query: Send, *, restored_cell=None, execution_count=0, restore=True) -> WireMessage:
+    """The child's reply to the supervisor's summary query, as an agent would give it."""
+    summary = {"restored_cell": restored_cell, "execution_count": execution_count, "restore": restore}
+    content = {"status": "ok", "execution_count": execution_count,
+               "user_expressions": {"elastic": {"status": "ok", "data": {"text/plain": repr(summary)},
+                                                "metadata": {}}}}
+    return from_child("execute_reply", content, query.msg, idents=[])
+
+
+def start_child(state: ProtocolState, language: str = "python") -> list:
+    """Probe a new child until it answers; return what the state sends next (the summary query)."""
+    (probe,) = state.child_started(language)
     info = {"status": "ok", "protocol_version": "5.4", "implementation": "ipython",
-            "language_info": {"name": "python"}, "banner": "",
+            "language_info": {"name": language}, "banner": "",
             "supported_features": ["kernel subshells", "debugger", "xpub"], "debugger": True}
     assert state.child_message(SHELL, from_child("kernel_info_reply", info, probe.msg, idents=[])) == []
-    actions = state.child_message(IOPUB, from_child("status", {"execution_state": "idle"}, probe.msg, []))
-    assert actions == [] and state.phase is Phase.READY
+    return state.child_message(IOPUB, from_child("status", {"execution_state": "idle"}, probe.msg, []))
+
+
+def ready_state(**kw) -> ProtocolState:
+    """A state whose child answered the probe and whose (agent-less) restore finished."""
+    state = ProtocolState(**kw)
+    (query,) = start_child(state)
+    assert query.msg.content["user_expressions"] and state.phase is Phase.RESTORING
+    assert state.child_message(SHELL, agent_summary(query)) == []
+    assert state.phase is Phase.READY
     return state
 
 
@@ -77,12 +93,13 @@ def test_probe_iopub_and_reply_traffic_never_reaches_the_client():
 
 def test_requests_wait_for_readiness_then_drain_in_order():
     state = ProtocolState()
-    (probe,) = state.child_started()
     first, second = request("execute_request", {"code": "a"}), request("complete_request", {"code": "a"})
+    (probe,) = state.child_started()
     assert state.client_message(SHELL, first) == []
-    assert state.client_message(SHELL, second) == []
     state.child_message(SHELL, from_child("kernel_info_reply", {"status": "ok"}, probe.msg, []))
-    drained = state.child_message(IOPUB, from_child("status", {"execution_state": "idle"}, probe.msg, []))
+    (query,) = state.child_message(IOPUB, from_child("status", {"execution_state": "idle"}, probe.msg, []))
+    assert state.client_message(SHELL, second) == []  # still restoring
+    drained = state.child_message(SHELL, agent_summary(query))
     assert [a.msg for a in drained] == [first, second]
     assert all(a.to == "child" for a in drained)
 
@@ -130,9 +147,8 @@ def test_idle_kill_sends_nothing_and_keeps_waiting_requests_for_the_next_child()
     assert state.child_died("killed", respawn=True) == []
     req = request("execute_request", {"code": "x"})
     assert state.client_message(SHELL, req) == []
-    (probe,) = state.child_started()
-    state.child_message(SHELL, from_child("kernel_info_reply", {}, probe.msg, []))
-    drained = state.child_message(IOPUB, from_child("status", {"execution_state": "busy"}, probe.msg, []))
+    (query,) = start_child(state)
+    drained = state.child_message(SHELL, agent_summary(query))
     assert [a.msg for a in drained] == [req]
 
 
@@ -172,9 +188,8 @@ def test_execution_count_continues_on_a_new_child():
     req = run_started(state)
     state.child_message(IOPUB, from_child("execute_input", {"code": "1", "execution_count": 3}, req))
     state.child_died("killed", respawn=True)
-    (probe,) = state.child_started()
-    state.child_message(SHELL, from_child("kernel_info_reply", {}, probe.msg, []))
-    state.child_message(IOPUB, from_child("status", {"execution_state": "idle"}, probe.msg, []))
+    (query,) = start_child(state)
+    state.child_message(SHELL, agent_summary(query, restore=False))
     req2 = run_started(state)
     (shown,) = state.child_message(IOPUB, from_child("execute_input", {"code": "1", "execution_count": 1}, req2))
     assert shown.msg.content["execution_count"] == 4
@@ -303,3 +318,73 @@ def test_interrupt_while_the_child_is_down_is_answered_without_a_signal():
     actions = state.client_message(CONTROL, request("interrupt_request"))
     assert not [a for a in actions if isinstance(a, Interrupt)]
     assert types(actions) == [(IOPUB, "status"), (CONTROL, "interrupt_reply"), (IOPUB, "status")]
+
+
+def complete(state: ProtocolState, code: str, count: int) -> WireMessage:
+    req = run_started(state, code)
+    state.child_message(SHELL, from_child("execute_reply", {"status": "ok", "execution_count": count}, req))
+    state.child_message(IOPUB, from_child("status", {"execution_state": "idle"}, req, [b"status"]))
+    return req
+
+
+def test_completed_cells_after_the_restored_checkpoint_are_replayed_silently():
+    state = ready_state()
+    for n, code in enumerate(["a = 1", "b = 2", "c = 3"], start=1):
+        complete(state, code, n)
+    state.child_died("killed", respawn=True)
+    (query,) = start_child(state)
+    replays = state.child_message(SHELL, agent_summary(query, restored_cell=1, execution_count=3))
+    assert [r.msg.content["code"] for r in replays] == ["b = 2", "c = 3"]
+    assert all(r.to == "child" and r.msg.content["silent"] for r in replays)
+    assert state.phase is Phase.RESTORING
+    waiting = request("execute_request", {"code": "print(c)"})
+    assert state.client_message(SHELL, waiting) == []
+    # replay outputs never reach the client
+    out = from_child("stream", {"name": "stdout", "text": "x"}, replays[0].msg, [])
+    assert state.child_message(IOPUB, out) == []
+    assert state.child_message(SHELL, from_child("execute_reply", {"status": "ok"}, replays[0].msg, [])) == []
+    bad = {"status": "error", "ename": "NameError"}
+    drained = state.child_message(SHELL, from_child("execute_reply", bad, replays[1].msg, []))
+    notice, forwarded = drained
+    assert forwarded.msg is waiting and state.phase is Phase.READY
+    assert notice.channel == IOPUB and parent_of(notice) == waiting.msg_id
+    assert "[2], [3]" in notice.msg.content["text"] and "[3] (NameError)" in notice.msg.content["text"]
+
+
+def test_a_kernel_without_agent_gets_every_completed_cell_replayed():
+    state = ProtocolState()
+    start_child(state, language="bash")  # no agent query for other languages: straight to replay
+    assert state.phase is Phase.READY
+    complete(state, "x=1", 1)
+    complete(state, "echo $x", 2)
+    run_started(state, "false")  # a cell that failed or died is never replayed
+    state.child_died("killed", respawn=True)
+    replays = start_child(state, language="bash")
+    assert [r.msg.content["code"] for r in replays] == ["x=1", "echo $x"]
+
+
+def test_a_python_child_without_the_agent_falls_back_to_replay():
+    state = ready_state()
+    complete(state, "x = 1", 1)
+    state.child_died("killed", respawn=True)
+    (query,) = start_child(state)
+    no_agent = {"status": "ok", "user_expressions": {"elastic": {"status": "error", "ename": "ModuleNotFoundError"}}}
+    replays = state.child_message(SHELL, from_child("execute_reply", no_agent, query.msg, []))
+    assert [r.msg.content["code"] for r in replays] == ["x = 1"]
+
+
+def test_nothing_is_replayed_when_restore_is_off():
+    state = ready_state()
+    complete(state, "x = 1", 1)
+    state.child_died("killed", respawn=True)
+    (query,) = start_child(state)
+    assert state.child_message(SHELL, agent_summary(query, restore=False)) == []
+    assert state.phase is Phase.READY
+
+
+def test_checkpoint_messages_are_remembered_not_forwarded():
+    state = ready_state()
+    req = run_started(state)
+    content = {"generation": 4, "cell": 7, "bytes": 1024, "seconds": 0.1}
+    assert state.child_message(IOPUB, from_child("elastic_checkpoint", content, req)) == []
+    assert state.last_checkpoint == content
