@@ -68,10 +68,12 @@ class SupervisorApp(JupyterApp):
     def _session_default(self) -> str:
         return os.environ.get("ELASTIC_PROXY_SESSION") or os.environ.get("JPY_SESSION_NAME", "")
 
-    def child_env(self, generation: int) -> dict[str, str]:
+    def child_env(self, generation: int, skip_restore_reason: str | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env["ELASTIC_PROXY_CHILD_GENERATION"] = str(generation)
-        env["ELASTIC_PROXY_RESTORE"] = "auto" if self.restore else "off"
+        env["ELASTIC_PROXY_RESTORE"] = "auto" if self.restore and not skip_restore_reason else "off"
+        if skip_restore_reason:
+            env["ELASTIC_PROXY_RESTORE_SKIPPED"] = skip_restore_reason
         if self.session:
             env["ELASTIC_PROXY_SESSION"] = self.session
         return env
@@ -93,14 +95,15 @@ class SupervisorApp(JupyterApp):
             limit_bytes = parse_size(self.memory_limit)
         runtime_dir = make_runtime_dir()
 
-        def new_child(generation: int) -> KernelChild:
+        def new_child(generation: int, skip_restore_reason: str | None) -> KernelChild:
             limit = None
             if self.memory_limit:
                 limit = MemoryLimit.create(limit_bytes, str(generation))
                 if limit.warning:
                     self.log.warning("%s", limit.warning)
             return KernelChild(specs=specs, kernel_name=kernel_name, runtime_dir=runtime_dir,
-                               generation=generation, env=self.child_env(generation), cwd=os.getcwd(),
+                               generation=generation, env=self.child_env(generation, skip_restore_reason),
+                               cwd=os.getcwd(),
                                memory_limit=limit)
 
         supervisor = Supervisor(info, new_child, storm=StormGuard(self.storm_limit, self.storm_window),

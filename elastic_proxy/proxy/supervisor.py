@@ -46,7 +46,8 @@ SHUTDOWN_GRACE = 3.0
 SETTLE_QUIET = 0.05
 SETTLE_MAX = 0.5
 
-ChildFactory = Callable[[int], KernelChild]
+#: (generation, skip_restore_reason) -> a child not yet started. A reason means: start it empty.
+ChildFactory = Callable[[int, "str | None"], KernelChild]
 
 
 def client_url(info: dict[str, Any], channel: str) -> str:
@@ -102,6 +103,7 @@ class Supervisor:
         self._exit: asyncio.Future[int] | None = None
         self._send_lock = asyncio.Lock()
         self._last_child_traffic = 0.0
+        self._skip_restore_reason: str | None = None
         self.heartbeat: Heartbeat | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -155,7 +157,7 @@ class Supervisor:
 
     # --- the child ---------------------------------------------------------------------
     async def _spawn_child(self) -> None:
-        child = self.new_child(self.generation)
+        child = self.new_child(self.generation, self._skip_restore_reason)
         self.generation += 1
         self.child = child
         try:
@@ -203,7 +205,18 @@ class Supervisor:
         returncode = await child.exit_code
         from elastic_proxy.proxy.child import describe_exit
 
-        cause = describe_exit(returncode, child.oom_kills(), self.memory_limit_text)
+        oom_kills = child.oom_kills()
+        cause = describe_exit(returncode, oom_kills, self.memory_limit_text)
+        restoring = self.state.phase in (Phase.STARTING, Phase.RESTORING)
+        likely_oom = oom_kills or (returncode == -signal.SIGKILL and not self.memory_limit_text)
+        if restoring and likely_oom and not self.state.shutting_down:
+            # Loading the state is what ran out of memory: loading it again would loop.
+            self._skip_restore_reason = "restoring the last checkpoint ran out of memory"
+            cause += (" It died while restoring the session's checkpoint, likely for lack of memory, so the next "
+                      "kernel process starts empty: its first cell lists the largest variables, and "
+                      "`%elastic restore --skip NAME ...` brings the rest back.")
+        else:
+            self._skip_restore_reason = None
         await self._child_gone(child, cause)
 
     async def _child_gone(self, child: KernelChild, cause: str) -> None:
@@ -214,7 +227,7 @@ class Supervisor:
         if not shutting_down:
             self.log.warning("kernel child %d died: %s", child.generation, cause)
             if respawn:
-                cause += " A new kernel process was started; the next cell runs there."
+                cause += " " + self._recovery_plan()
             else:
                 cause += (f" It died {self.storm.limit} times within {self.storm.window:.0f} s, so "
                           "elastic-proxy stops restarting it and exits; Jupyter will offer a restart.")
@@ -225,6 +238,20 @@ class Supervisor:
             self._tasks.append(asyncio.ensure_future(self._spawn_child()))
         elif not shutting_down:
             self._request_exit(1)
+
+    def _recovery_plan(self) -> str:
+        """What the new child will bring back, for the killed cell's error (the details follow in the
+        first cell on the new child, once the restore has run)."""
+        checkpoint = self.state.last_checkpoint
+        if checkpoint and self.state.child_language == "python":
+            size = checkpoint.get("bytes", 0) / 2**20
+            return (f"A new kernel process is restoring the state after cell [{checkpoint.get('cell')}] "
+                    f"(checkpoint {checkpoint.get('generation')}, {size:.1f} MiB written) and re-running the cells "
+                    "completed after it; the next cell runs there and shows what came back.")
+        if self.state.cell_log:
+            return ("A new kernel process was started; the completed cells are re-run there before the next cell, "
+                    "which shows what came back.")
+        return "A new kernel process was started; the next cell runs there."
 
     async def _settle_child_traffic(self) -> None:
         """Let the readers forward what the child sent just before it died.
