@@ -11,16 +11,18 @@ import inspect
 import os
 import time
 import types
-from collections import deque
+from collections import ChainMap, deque
+from collections.abc import Mapping
 from typing import Any
 
 from .checkpointer import Checkpointer, State
 from .optimizer import NOMINAL_BANDWIDTH
-from .recorder import Recorder
+from .recorder import Recorder, estimate_size
 from .restore import RestoreReport, restore_session
 
 MESSAGE_CHECKPOINT = "elastic_checkpoint"
 CELL_SEGMENT = 64
+OUT_MAX_BYTES = 16 << 20
 MESSAGE_RESTORE = "elastic_restore"
 
 
@@ -50,7 +52,7 @@ class Agent:
         self.recorder = Recorder(shell, ignore_prefixes=[root] if root and "://" not in root else [])
         self.checkpointer = Checkpointer(
             store,
-            namespace=lambda: self.shell.user_ns,
+            namespace=self._namespace,
             describe_state=self.describe_state,
             publish=self._publish_checkpoint,
             allow_fork=allow_fork,
@@ -66,6 +68,8 @@ class Agent:
         self._cells_json_of: Any = None
         self._cells_json: dict[int, dict[str, Any]] = {}
         self._segments: list[dict[str, Any]] = []
+        self._out_sizes: dict[int, int] = {}
+        self._out_values: dict[str, Any] = {}
 
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -116,11 +120,14 @@ class Agent:
                 if isinstance(value, types.GeneratorType):
                     entry["generator_state"] = inspect.getgeneratorstate(value)
                 variables[name] = entry
+        outputs = self._outputs()
+        groups.update({gid: (gid,) for gid in outputs.values()})
         segments, cells = self._cell_log()
         count = max((c.execution_count for c in rec.graph.cells.values()), default=0)
         body = {
             "cells": cells,
             "cell_segments": segments,
+            "outputs": {str(n): gid for n, gid in sorted(outputs.items())},
             "graph": {"format": 1, "nominal_bandwidth": NOMINAL_BANDWIDTH},
             "plan": {},
             "variables": variables,
@@ -129,6 +136,25 @@ class Agent:
         }
         previous = {n: rec.fingerprints[n].hex() for n in rec.deferred if rec.fingerprints.get(n)}
         return State(groups, body, dict(rec.sizes), set(rec.deferred), previous)
+
+    def _outputs(self) -> dict[int, str]:
+        """Out[n] entries worth storing (each its own group "Out[n]", written once): they ride
+        along with checkpoints that state changes trigger, never trigger one themselves."""
+        history = getattr(self.shell, "history_manager", None)
+        out = getattr(history, "output_hist", None) or {}
+        kept: dict[int, str] = {}
+        self._out_values = {}
+        for number, value in list(out.items()):
+            if number not in self._out_sizes:
+                self._out_sizes[number] = estimate_size(value)
+            if self._out_sizes[number] <= OUT_MAX_BYTES:
+                gid = f"Out[{number}]"
+                self._out_values[gid] = value
+                kept[number] = gid
+        return kept
+
+    def _namespace(self) -> Mapping[str, Any]:
+        return ChainMap(self._out_values, self.shell.user_ns)
 
     def _cell_log(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(sealed segments as GroupRef JSON, the unsealed tail of cells as JSON).

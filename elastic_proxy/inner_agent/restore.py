@@ -264,6 +264,7 @@ def _restore_manifest(
     report.notes.extend(the_plan.side_effect_cells.values())
     report.lost = dict(sorted(lost.items()))
     _restore_history(shell, graph, report)
+    _restore_outputs(shell, store, body.get("outputs", {}), refs, report)
     problems = {gid: "not serializable" for gid, ref in refs.items() if ref is None}
     names = [n for n in variables if n in ns]
     return Restored(report, graph, fingerprints, dict(manifest.get("groups", {})), problems, names)
@@ -307,6 +308,29 @@ def _fingerprint_hex(value: Any) -> str:
         return fingerprint.fingerprint(value).hex()
     except Exception:
         return ""
+
+
+def _restore_outputs(
+    shell: Any, store: Any, outputs: Mapping[str, str], refs: Mapping[str, Any], report: RestoreReport
+) -> None:
+    """Out[n] (and _n) come back from their own groups; one that cannot is named in the notes."""
+    history = getattr(shell, "history_manager", None)
+    if history is None:
+        return
+    missing = []
+    for number, gid in sorted(outputs.items(), key=lambda item: int(item[0])):
+        ref = refs.get(gid)
+        try:
+            value = store.load_group(ref)[gid] if ref is not None else None
+        except (SerializationError, StoreError):
+            ref = None
+        if ref is None:
+            missing.append(number)
+            continue
+        history.output_hist[int(number)] = value
+        shell.user_ns[f"_{number}"] = value
+    if missing:
+        report.notes.append("Out[" + "], Out[".join(missing) + "] not restored (could not be stored)")
 
 
 def _restore_history(shell: Any, graph: SessionGraph, report: RestoreReport) -> None:

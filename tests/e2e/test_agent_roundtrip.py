@@ -98,7 +98,7 @@ def test_agent_round_trip_through_real_kernels(tmp_path: Path) -> None:
         last_count = reply["content"]["execution_count"]
         before = fingerprints(k1)
         r_bytes = k1.stdout("print(r.tobytes().hex())").strip()
-        k1.run("%elastic sync")
+        final_count = k1.run("%elastic sync")[0]["content"]["execution_count"]
         status = k1.stdout("print(__import__('elastic_proxy.inner_agent', fromlist=['x'])"
                            ".get_agent(get_ipython()).checkpointer.status())")
         assert "'last_error': None" in status and "'in_flight': None" in status, status
@@ -115,7 +115,8 @@ def test_agent_round_trip_through_real_kernels(tmp_path: Path) -> None:
         shown = [m for m in messages if m["msg_type"] == "display_data"]
         assert shown and shown[0]["content"]["data"]["text/plain"].startswith("elastic: restored"), messages
         assert "text/html" in shown[0]["content"]["data"]
-        assert reply["content"]["execution_count"] == last_count + 1, "execution count must continue"
+        # The checkpoint carries the cell log up to when it was written: at least the last state change.
+        assert last_count < reply["content"]["execution_count"] <= final_count, "execution count must continue"
         report = json.loads(k2.stdout(
             "print(__import__('json').dumps(__import__('elastic_proxy.inner_agent', fromlist=['x'])"
             ".get_agent(get_ipython()).last_report.to_json()))"

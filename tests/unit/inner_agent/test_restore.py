@@ -99,6 +99,23 @@ def test_falls_back_to_previous_generation_when_newest_fails_verification(shell,
     assert shell.user_ns["a"] == list(range(100)) and "b" not in shell.user_ns
 
 
+def test_execution_count_in_and_out_come_back(shell):
+    run(shell, "v = 6 * 7")
+    run(shell, "v")
+    shown = shell.execution_count - 1
+    run(shell, "w = [v]")
+    count = shell.execution_count
+    fresh_namespace(shell)
+    shell.history_manager.output_hist.clear()
+    del shell.history_manager.input_hist_parsed[1:]
+    del shell.history_manager.input_hist_raw[1:]
+    shell.execution_count = 1
+    restore(shell, get_agent(shell).store)
+    assert shell.execution_count == count
+    assert shell.user_ns["Out"][shown] == 42 and shell.user_ns[f"_{shown}"] == 42
+    assert shell.user_ns["In"][shown] == "v"
+
+
 def test_time_travel_status_and_reset(shell, capsys):
     run(shell, "x = 1")
     run(shell, "x = 2\ny = 'later'")
