@@ -27,6 +27,8 @@ IOPUB = "iopub"
 STRIPPED_FEATURES = frozenset({"kernel subshells", "debugger"})
 #: Messages whose execution_count the supervisor shifts so numbering continues across children.
 COUNTED_TYPES = frozenset({"execute_input", "execute_result", "execute_reply"})
+#: Restores smaller than this finish in about the time a progress display would take to notice.
+PROGRESS_MIN_BYTES = 256 * 2**20
 #: Supervisor <-> agent messages: consumed, never shown to the client.
 AGENT_TYPES = frozenset({"elastic_checkpoint", "elastic_restore"})
 
@@ -135,6 +137,7 @@ class ProtocolState:
     _replay_failures: list[str] = field(default_factory=list)
     _replay_by_agent: bool = False
     _summary_id: str | None = None
+    _progress_parent: str | None = None
     _child_count: int = 0
     _probe: _Probe | None = None
     _internal_ids: set[str] = field(default_factory=set)
@@ -234,6 +237,8 @@ class ProtocolState:
         kind = msg.msg_type
         if kind == "elastic_checkpoint":
             self.last_checkpoint = dict(msg.content)
+        elif kind == "elastic_restore" and self.phase is not Phase.READY:
+            return self._restore_progress(msg.content)
         if kind == "iopub_welcome" or kind in AGENT_TYPES:
             return []
         parent_id = msg.parent_msg_id
@@ -259,6 +264,22 @@ class ProtocolState:
         elif kind == "comm_close":
             self.open_comms.pop(msg.content.get("comm_id", ""), None)
         return [Send("client", IOPUB, msg)]
+
+    def _restore_progress(self, content: dict[str, Any]) -> list[Action]:
+        """Show a large restore's progress in the first cell waiting for it (an updating display)."""
+        total = int(content.get("total_bytes") or 0)
+        waiting = next((m for _, m in self.queued if m.msg_type == "execute_request"), None)
+        if waiting is None or total < PROGRESS_MIN_BYTES:
+            return []
+        done = int(content.get("done_bytes") or 0)
+        phase = content.get("phase", "")
+        text = (f"elastic-proxy: restoring the session ({phase}): {done / 2**20:,.0f} of {total / 2**20:,.0f} MiB"
+                if phase != "done" else f"elastic-proxy: restored {total / 2**20:,.0f} MiB")
+        kind = "update_display_data" if self._progress_parent == waiting.msg_id else "display_data"
+        self._progress_parent = waiting.msg_id
+        display = {"data": {"text/plain": text}, "metadata": {},
+                   "transient": {"display_id": f"elastic-restore-{self.session}"}}
+        return [self._new(IOPUB, kind, display, parent=waiting)]
 
     def _retire(self, request: Request) -> None:
         if request.idle and (request.replied or not _expects_reply(request.msg.msg_type)):

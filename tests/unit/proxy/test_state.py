@@ -388,3 +388,30 @@ def test_checkpoint_messages_are_remembered_not_forwarded():
     content = {"generation": 4, "cell": 7, "bytes": 1024, "seconds": 0.1}
     assert state.child_message(IOPUB, from_child("elastic_checkpoint", content, req)) == []
     assert state.last_checkpoint == content
+
+
+def test_a_large_restore_shows_progress_in_the_waiting_cell():
+    state = ready_state()
+    state.child_died("killed", respawn=True)
+    state.child_started()
+    waiting = request("execute_request", {"code": "a.sum()"})
+    state.client_message(SHELL, waiting)
+    mib = 2**20
+    steps = [("load", 100 * mib, 800 * mib), ("load", 700 * mib, 800 * mib), ("done", 800 * mib, 800 * mib)]
+    shown = []
+    for phase, done, total in steps:
+        content = {"phase": phase, "done_bytes": done, "total_bytes": total, "report": None}
+        shown += state.child_message(IOPUB, new_message("elastic_restore", content, parent=None, session="c"))
+    assert [a.msg.msg_type for a in shown] == ["display_data", "update_display_data", "update_display_data"]
+    assert {parent_of(a) for a in shown} == {waiting.msg_id}
+    assert len({a.msg.content["transient"]["display_id"] for a in shown}) == 1
+    assert "100 of 800 MiB" in shown[0].msg.content["data"]["text/plain"]
+
+
+def test_a_small_restore_shows_no_progress():
+    state = ready_state()
+    state.child_died("killed", respawn=True)
+    state.child_started()
+    state.client_message(SHELL, request("execute_request", {"code": "x"}))
+    content = {"phase": "load", "done_bytes": 1, "total_bytes": 2**20, "report": None}
+    assert state.child_message(IOPUB, new_message("elastic_restore", content, parent=None, session="c")) == []
