@@ -42,6 +42,7 @@ MAX_TOPIC_BYTES = 1024
 PROBE_INTERVAL = 0.25
 START_TIMEOUT = 60.0
 SHUTDOWN_GRACE = 3.0
+PARENT_POLL_INTERVAL = 1.0
 #: After a child's death: wait until its sockets were quiet this long (at most SETTLE_MAX).
 SETTLE_QUIET = 0.05
 SETTLE_MAX = 0.5
@@ -117,9 +118,26 @@ class Supervisor:
             self._tasks.append(asyncio.ensure_future(self._client_reader(channel)))
         self._tasks.append(asyncio.ensure_future(self._subscription_reader()))
         self._tasks.append(asyncio.ensure_future(self._spawn_child()))
+        self._tasks.append(asyncio.ensure_future(self._exit_with_parent()))
         code = await self._exit
         await self._shutdown()
         return code
+
+    async def _exit_with_parent(self) -> None:
+        """Exit when the process that started us (the Jupyter server) is gone, as ipykernel does.
+
+        jupyter_client sets JPY_PARENT_PID; a supervisor orphaned by a crashed server would
+        otherwise hold its ports and its child forever.
+        """
+        if not os.environ.get("JPY_PARENT_PID"):
+            return
+        parent = os.getppid()
+        while True:
+            await asyncio.sleep(PARENT_POLL_INTERVAL)
+            if os.getppid() != parent:
+                self.log.warning("the process that started this kernel is gone; exiting")
+                self._request_exit(0)
+                return
 
     def _request_exit(self, code: int) -> None:
         if self._exit is not None and not self._exit.done():

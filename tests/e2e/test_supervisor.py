@@ -402,3 +402,27 @@ def test_nbclient_with_no_timeout_finishes_a_notebook_that_kills_its_kernel(tmp_
     assert [e["ename"] for e in errors] == ["KernelDied"], cells[1].outputs
     streams = [o for o in cells[2].outputs if o["output_type"] == "stream"]
     assert [o["text"] for o in streams] == ["after the crash\n"], cells[2].outputs
+
+
+def test_supervisor_exits_when_the_process_that_started_it_dies():
+    """A crashed Jupyter server must not leave the kernel (and its child) running forever."""
+    script = (
+        "import time\n"
+        "from jupyter_client import KernelManager\n"
+        f"km = KernelManager(kernel_name={KERNEL_NAME!r})\n"
+        "km.start_kernel()\n"
+        "print(km.provisioner.process.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    supervisor = psutil.Process(int(parent.stdout.readline()))
+    assert wait_for(lambda: supervisor.children(), timeout=30)
+    child = supervisor.children()[0]
+    parent.kill()
+    parent.wait()
+
+    def gone(proc: psutil.Process) -> bool:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+
+    assert wait_for(lambda: gone(supervisor), timeout=15)
+    assert wait_for(lambda: gone(child), timeout=5)
