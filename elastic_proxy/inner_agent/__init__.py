@@ -33,7 +33,7 @@ def load_ipython_extension(ip: Any) -> None:
     _agents[id(ip)] = agent
     ip.register_magics(ElasticMagics(ip, agent))
     if os.environ.get("ELASTIC_PROXY_RESTORE", "off").lower() == "auto":
-        agent.pending_report = agent.restore()
+        agent.pending_report = agent.restore_or_report()
     agent.start()
 
 

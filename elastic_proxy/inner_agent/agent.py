@@ -189,16 +189,23 @@ class Agent:
             self.recorder.paused = False
         rec = self.recorder
         rec.graph = restored.graph
-        rec.fingerprints = {n: fp for n, fp in restored.fingerprints.items() if n in self.shell.user_ns}
-        rec.sizes = {}
-        rec.adopt(restored.names)
-        rec.fingerprints.update({n: fp for n, fp in restored.fingerprints.items() if fp})
+        rec.adopt(restored.names, restored.prints)
         self.checkpointer.adopt(restored.groups, restored.problems, restored.report.generation)
         self.last_report = restored.report
         self._publish(MESSAGE_RESTORE, {"phase": "done", "done_bytes": restored.report.bytes_loaded,
                                         "total_bytes": restored.report.bytes_loaded,
                                         "report": restored.report.to_json()})
         return restored.report
+
+    def restore_or_report(self) -> RestoreReport:
+        """The restore at kernel start: a failure becomes a report, never a kernel without the agent."""
+        try:
+            return self.restore()
+        except Exception as exc:
+            report = RestoreReport(session=str(getattr(self.store, "session", "")))
+            report.notes.append(f"restore failed, starting empty: {type(exc).__name__}: {exc}")
+            self.last_report = report
+            return report
 
     def time_travel(self, cell: int) -> RestoreReport:
         """The state after cell N: the newest valid generation whose last cell is <= N."""

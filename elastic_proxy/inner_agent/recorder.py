@@ -8,11 +8,12 @@ catches names made dynamically (exec, globals()[...], star imports, magics).
 
 from __future__ import annotations
 
+import itertools
 import re
 import sys
 import time
 import types
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -44,6 +45,9 @@ def cell_facts(shell: Any, raw_cell: str, transformed: str | None) -> analysis.C
     return analysis.cell_names(transformed, transform=shell.transform_cell)
 
 
+_SAMPLE = 64
+
+
 def estimate_size(obj: Any, budget: int = 2000) -> int:
     """Bytes, roughly, with bounded work: enough to choose inline vs forked writes and load costs."""
     seen: set[int] = set()
@@ -63,13 +67,13 @@ def estimate_size(obj: Any, budget: int = 2000) -> int:
             total += sys.getsizeof(item)
         except TypeError:
             continue
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple, set, frozenset)):
+        if isinstance(item, (dict, list, tuple, set, frozenset)):
+            members = item.values() if isinstance(item, dict) else item
             if len(item) > budget:
-                total += sys.getsizeof(item[0] if isinstance(item, (list, tuple)) else 0) * len(item)
+                sample = list(itertools.islice(members, _SAMPLE))
+                total += sum(estimate_size(m, 20) for m in sample) * len(item) // max(1, len(sample))
                 continue
-            stack.extend(item)
+            stack.extend(members)
         elif hasattr(item, "__dict__") and not isinstance(item, (type, types.ModuleType, types.FunctionType)):
             stack.append(vars(item))
     return total
@@ -279,12 +283,15 @@ class Recorder:
             groups[",".join(sorted(members))] = members
         return groups
 
-    def adopt(self, names: Iterable[str]) -> None:
-        """Start tracking names that appeared outside a recorded cell (after a restore)."""
+    def adopt(self, names: Iterable[str], known: Mapping[str, fingerprint.Fingerprint] | None = None) -> None:
+        """Start tracking names that appeared outside a recorded cell (after a restore); `known`
+        fingerprints (the restore just verified them) are not computed again."""
         ns = self.namespace
+        known = known or {}
         names = [n for n in names if n in ns and self.is_user_name(n)]
         for name in names:
-            self._remember(name, ns[name], self._fingerprint(ns[name]))
+            print_ = known.get(name)
+            self._remember(name, ns[name], print_ if print_ is not None else self._fingerprint(ns[name]))
         if names:
             self.aliases.update(ns, set(names), set())
 

@@ -107,7 +107,7 @@ class Restored:
 
     report: RestoreReport
     graph: SessionGraph
-    fingerprints: dict[str, bytes]
+    prints: dict[str, fingerprint.Fingerprint]
     groups: dict[str, Any]
     problems: dict[str, str]
     names: list[str]
@@ -230,14 +230,16 @@ def _restore_manifest(
         if name not in loaded:
             ns.pop(name, None)
 
-    fingerprints: dict[str, bytes] = {}
+    prints: dict[str, fingerprint.Fingerprint] = {}
     for name in recomputed_names:
         if name not in ns:
             lost[name] = "re-running its cells did not recreate it" + (f" ({failed})" if failed else "")
     for name in sorted(set(loaded) | {n for n in recomputed_names if n in ns}):
         expected = variables[name].get("fingerprint", "")
-        actual = _fingerprint_hex(ns[name])
-        fingerprints[name] = bytes.fromhex(actual) if actual else b""
+        print_ = _inspect(ns[name])
+        actual = "" if print_ is None else print_.hex()
+        if print_ is not None:
+            prints[name] = print_
         if variables[name].get("opaque"):
             report.unverified[name] = (
                 f"a {variables[name].get('type', 'value')} has no value fingerprint: back, not verified"
@@ -254,6 +256,7 @@ def _restore_manifest(
                 objs = {}
             if name in objs:
                 ns[name] = objs[name]
+                prints.pop(name, None)
                 report.mismatched[name] = "re-running its cells gave a different value; loaded the stored one"
                 _mark_nondeterministic(graph, the_plan, name)
                 continue
@@ -267,7 +270,7 @@ def _restore_manifest(
     _restore_outputs(shell, store, body.get("outputs", {}), refs, report)
     problems = {gid: "not serializable" for gid, ref in refs.items() if ref is None}
     names = [n for n in variables if n in ns]
-    return Restored(report, graph, fingerprints, dict(manifest.get("groups", {})), problems, names)
+    return Restored(report, graph, prints, dict(manifest.get("groups", {})), problems, names)
 
 
 def cell_log(store: Any, body: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -303,11 +306,11 @@ def _mark_nondeterministic(graph: SessionGraph, the_plan: Plan, name: str) -> No
             cell.nondeterministic = (*cell.nondeterministic, "recompute differed")
 
 
-def _fingerprint_hex(value: Any) -> str:
+def _inspect(value: Any) -> fingerprint.Fingerprint | None:
     try:
-        return fingerprint.fingerprint(value).hex()
+        return fingerprint.inspect(value)
     except Exception:
-        return ""
+        return None
 
 
 def _restore_outputs(
