@@ -6,6 +6,11 @@
 # the proxy, put FIRST on JUPYTER_PATH, routes every one of them through the proxy unchanged.
 # The proxy's own child never resolves through that spec (see proxy/child.py), so no recursion.
 #
+# The proxy runs with --no-agent by default: these tests pin down a cell's exact outputs and
+# timing, which the agent changes on purpose (its restore report is a display_data in the first
+# cell; its post-cell checkpoint delays `idle`). ELASTIC_SUITE_AGENT=1 loads the agent as the
+# installed python3-elastic spec does, to see what that costs.
+#
 # Usage: scripts/ipykernel_suite.sh [pytest args...]
 #   PYTHON (default .venv/bin/python) is the interpreter whose ipykernel version is fetched and
 #   which runs both pytest and the proxy. Extra arguments go to pytest (e.g. --junitxml=F, -k).
@@ -30,11 +35,11 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/ipykernel-suite.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 spec_dir="$work/share/jupyter/kernels/python3"
 mkdir -p "$spec_dir"
-"$PYTHON" - "$spec_dir/kernel.json" "$PYTHON" <<'EOF'
+"$PYTHON" - "$spec_dir/kernel.json" "$PYTHON" "${ELASTIC_SUITE_AGENT:-0}" <<'EOF'
 import json, sys
-path, python = sys.argv[1], sys.argv[2]
+path, python, agent = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 spec = {
-    "argv": [python, "-m", "elastic_proxy.proxy", "-f", "{connection_file}"],
+    "argv": [python, "-m", "elastic_proxy.proxy", "-f", "{connection_file}"] + ([] if agent else ["--no-agent"]),
     "display_name": "Python 3 (elastic, ipykernel suite)",
     "language": "python",
     "interrupt_mode": "message",

@@ -2,9 +2,11 @@
 
 `scripts/ipykernel_suite.sh` fetches the sdist of the installed ipykernel and runs its
 `tests/test_message_spec.py` and `tests/test_kernel.py` with a `python3` kernelspec that starts
-the proxy. Here we hold the outcome to an exact list: a test that fails for a reason not listed
-below fails this test, and so does a listed failure that starts passing (the list must shrink
-when the supervisor gains the feature) or that fails for another reason.
+the proxy (without the agent, whose restore report and post-cell checkpoint change the outputs
+and timing these tests pin down; see the script). Here we hold the outcome to an exact list: a
+test that fails for a reason not listed below fails this test, and so does a listed failure
+that starts passing (the list must shrink when the supervisor gains the feature) or that fails
+for another reason.
 """
 
 from __future__ import annotations
