@@ -262,9 +262,8 @@ class Supervisor:
         first cell on the new child, once the restore has run)."""
         checkpoint = self.state.last_checkpoint
         if checkpoint and self.state.child_language == "python":
-            size = checkpoint.get("bytes", 0) / 2**20
             return (f"A new kernel process is restoring the state after cell [{checkpoint.get('cell')}] "
-                    f"(checkpoint {checkpoint.get('generation')}, {size:.1f} MiB written) and re-running the cells "
+                    f"(checkpoint generation {checkpoint.get('generation')}) and re-running the cells "
                     "completed after it; the next cell runs there and shows what came back.")
         if self.state.cell_log:
             return ("A new kernel process was started; the completed cells are re-run there before the next cell, "
