@@ -99,9 +99,10 @@ def test_agent_round_trip_through_real_kernels(tmp_path: Path) -> None:
         before = fingerprints(k1)
         r_bytes = k1.stdout("print(r.tobytes().hex())").strip()
         final_count = k1.run("%elastic sync")[0]["content"]["execution_count"]
-        status = k1.stdout("print(__import__('elastic_proxy.inner_agent', fromlist=['x'])"
-                           ".get_agent(get_ipython()).checkpointer.status())")
+        status = k1.stdout("cp_ = __import__('elastic_proxy.inner_agent', fromlist=['x'])"
+                           ".get_agent(get_ipython()).checkpointer\nprint(cp_.status(), cp_.forks)\ndel cp_")
         assert "'last_error': None" in status and "'in_flight': None" in status, status
+        assert int(status.split()[-1]) > 0, "checkpoints must have gone through forked writers"
     finally:
         k1.shutdown()
     assert set(before) == set(NAMES)
