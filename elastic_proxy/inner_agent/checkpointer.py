@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from ..store import GroupRef, SerializationError, StoreFullError
+from ..store import GroupRef, SerializationError, StoreError, StoreFullError
 from . import fingerprint
 from .filehandles import store_file_reducers
 from .graph import CellExecution
@@ -37,6 +37,10 @@ FORK_SECONDS_PER_RSS_BYTE = 12e-3 / (1 << 30)
 INLINE_FIXED_SECONDS = 5e-3
 """Nominal cost of an inline write besides pickling: a blob and a manifest, each fsynced."""
 INLINE_BYTES_PER_SECOND = 1e9
+GC_EVERY = 25
+GC_KEEP_LAST = 50
+"""Retention: every GC_EVERY generations a forked writer (never the user's process) keeps the
+newest GC_KEEP_LAST generations of the session (how far `%elastic restore N` can go back)."""
 BACKGROUND_NICENESS = 10
 """The forked writer yields the CPU to the user's kernel: on two cores, a writer hashing 1 GB at
 normal priority delayed the user's next replies by tens of milliseconds."""
@@ -150,6 +154,11 @@ def write_job(store: Any, namespace: Mapping[str, Any], job: Job) -> Outcome:
         variables[name] = entry
     body["variables"] = variables
     out.generation = store.commit(body) if job.parent is None else store.commit(body, parent=job.parent)
+    if job.forked and out.generation % GC_EVERY == 0:
+        try:
+            store.gc(keep_last=GC_KEEP_LAST)
+        except StoreError:
+            pass  # retention is best effort; the next gc tries again
     out.bytes = written
     out.seconds = time.perf_counter() - started
     return out

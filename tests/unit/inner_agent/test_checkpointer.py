@@ -175,3 +175,18 @@ def test_fork_is_chosen_when_its_pause_is_smaller_than_an_inline_write():
     assert prefer_fork(estimated_bytes=100, resident_bytes=200 * 1024 * 1024)
     assert not prefer_fork(estimated_bytes=100, resident_bytes=20 * gib)
     assert prefer_fork(estimated_bytes=gib, resident_bytes=20 * gib)
+
+
+def test_forked_writers_apply_retention(store, monkeypatch):
+    import elastic_proxy.inner_agent.checkpointer as module
+
+    monkeypatch.setattr(module, "GC_EVERY", 2)
+    monkeypatch.setattr(module, "GC_KEEP_LAST", 1)
+    ns: dict = {}
+    cp = make(store, ns)
+    for count in range(1, 5):
+        ns[f"v{count}"] = np.full(10, count)
+        cp.on_cell(cell(count, f"v{count}"))
+        assert cp.wait(timeout=30)
+    generations = [m.generation for m in store.generations()]
+    assert generations[0] == 4 and 1 not in generations and 3 not in generations, generations
