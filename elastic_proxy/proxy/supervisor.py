@@ -21,7 +21,7 @@ from typing import Any, Callable
 import zmq
 import zmq.asyncio
 
-from elastic_proxy.proxy.child import KernelChild
+from elastic_proxy.proxy.child import KernelChild, describe_exit
 from elastic_proxy.proxy.state import (
     CONTROL,
     IOPUB,
@@ -221,8 +221,6 @@ class Supervisor:
     async def _watch_child(self, child: KernelChild) -> None:
         assert child.exit_code is not None
         returncode = await child.exit_code
-        from elastic_proxy.proxy.child import describe_exit
-
         oom_kills = child.oom_kills()
         cause = describe_exit(returncode, oom_kills, self.memory_limit_text)
         restoring = self.state.phase in (Phase.STARTING, Phase.RESTORING)
@@ -284,8 +282,10 @@ class Supervisor:
                 return
 
     async def _close_child(self) -> None:
+        current = asyncio.current_task()  # the watcher that noticed the death must finish its answer
         for task in self._child_tasks:
-            task.cancel()
+            if task is not current:
+                task.cancel()
         self._child_tasks.clear()
         for sock in self.child_sockets.values():
             sock.close(linger=0)
