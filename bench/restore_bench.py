@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -125,6 +126,15 @@ def run(kc: BlockingKernelClient, code: str, check: bool = True) -> Cell:
     return Cell(reply, outputs)
 
 
+def restore_seconds(cell: Cell) -> float | None:
+    """The load time the agent reports in its restore report ("... in 1.02 s")."""
+    for text in cell.texts():
+        found = re.search(r"^elastic: restored .* in ([0-9.]+) s$", text, re.MULTILINE)
+        if found:
+            return float(found.group(1))
+    return None
+
+
 def run_until_ok(kc: BlockingKernelClient, code: str, deadline: float) -> Cell:
     """Send `code` until it succeeds; only the proxy's KernelDied answer (a request that reached
     the child as it died) is retried, any other error is a failed restore."""
@@ -208,9 +218,14 @@ class Case:
     seconds: list[float] = field(default_factory=list)
     digests: list[str] = field(default_factory=list)
     error: str | None = None
+    #: phase -> seconds per run, for the breakdown under the table
+    parts: dict[str, list[float]] = field(default_factory=dict)
 
     def median(self) -> float:
         return statistics.median(self.seconds)
+
+    def part(self, phase: str, seconds: float) -> None:
+        self.parts.setdefault(phase, []).append(seconds)
 
 
 @dataclass
@@ -249,6 +264,15 @@ def wait_committed(kc: BlockingKernelClient, names: list[str], timeout: float = 
         text = run(kc, "%elastic status").texts()
 
 
+def note_restore(case: Case, first: Cell) -> None:
+    """Split a run into the agent's own restore time and everything else."""
+    restored = restore_seconds(first)
+    if restored is None:
+        raise RuntimeError(f"{case.label}: no restore report with the first cell: {first.texts()}")
+    case.part("restore, as the agent reports it", restored)
+    case.part("the rest (not the restore)", case.seconds[-1] - restored)
+
+
 def elastic_kill(bench: Bench, kc: BlockingKernelClient, case: Case, names: list[str]) -> None:
     wait_committed(kc, names)
     pid = child_pid(kc)
@@ -256,6 +280,7 @@ def elastic_kill(bench: Bench, kc: BlockingKernelClient, case: Case, names: list
     os.kill(pid, signal.SIGKILL)
     first = run_until_ok(kc, bench.use, time.monotonic() + TIMEOUT)
     case.seconds.append(time.perf_counter() - start)
+    note_restore(case, first)
     if child_pid(kc) == pid:
         raise RuntimeError("the child pid did not change after SIGKILL")
     if not case.digests:
@@ -269,9 +294,11 @@ def elastic_restart(bench: Bench, km: KernelManager, kc: BlockingKernelClient, c
     wait_committed(kc, names)
     start = time.perf_counter()
     km.restart_kernel(now=False)
+    case.part("`restart_kernel()` call (shutdown + launch)", time.perf_counter() - start)
     kc.wait_for_ready(timeout=TIMEOUT)
     first = run_until_ok(kc, bench.use, time.monotonic() + TIMEOUT)
     case.seconds.append(time.perf_counter() - start)
+    note_restore(case, first)
     bench.check(kc, first, case)
 
 
@@ -279,18 +306,27 @@ def baseline(bench: Bench, fresh: Case, restart: Case) -> None:
     """A fresh plain ipykernel + pickle.load + the cell; then restart_kernel() + the same."""
     start = time.perf_counter()
     with started(BASELINE_SPEC) as (km, kc):
-        run(kc, load_cell(bench.pickle_path))
-        first = run(kc, bench.use)
-        fresh.seconds.append(time.perf_counter() - start)
-        bench.check(kc, first, fresh)
+        fresh.part("kernel start -> ready", time.perf_counter() - start)
+        timed_load(bench, kc, fresh, start)
 
         start = time.perf_counter()
         km.restart_kernel(now=False)
+        restart.part("`restart_kernel()` call (shutdown + launch)", time.perf_counter() - start)
         kc.wait_for_ready(timeout=TIMEOUT)
-        run(kc, load_cell(bench.pickle_path))
-        first = run(kc, bench.use)
-        restart.seconds.append(time.perf_counter() - start)
-        bench.check(kc, first, restart)
+        restart.part("restart -> ready", time.perf_counter() - start)
+        timed_load(bench, kc, restart, start)
+
+
+def timed_load(bench: Bench, kc: BlockingKernelClient, case: Case, start: float) -> None:
+    """The load cell, then the cell that uses the state; the run counts from `start`."""
+    began = time.perf_counter()
+    run(kc, load_cell(bench.pickle_path))
+    case.part("`pickle.load` cell", time.perf_counter() - began)
+    began = time.perf_counter()
+    first = run(kc, bench.use)
+    case.part("the cell", time.perf_counter() - began)
+    case.seconds.append(time.perf_counter() - start)
+    bench.check(kc, first, case)
 
 
 def dump_cell(path: str) -> str:
@@ -394,6 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     if restart.seconds and plain_restart.seconds:
         print(f"\nelastic `restart_kernel()` vs plain `restart_kernel()` + `pickle.load`: "
               f"{restart.median() / plain_restart.median():.2f}x")
+    print("\nWhere the time goes (medians, s):\n")
+    for case in cases:
+        if case.parts:
+            print(f"- {case.label}: " + ", ".join(f"{phase} {statistics.median(values):.2f}"
+                                                  for phase, values in case.parts.items()))
     for note in bench.notes:
         print("\n" + note)
     failed = [c for c in cases if c.error] + [c for c in cases if any(d != bench.expected_digest for d in c.digests)]
