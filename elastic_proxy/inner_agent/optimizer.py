@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
+from networkx.algorithms.flow import shortest_augmenting_path
 
 from .graph import SessionGraph
 
@@ -130,25 +131,35 @@ def plan(graph: SessionGraph, groups: Mapping[str, GroupCost]) -> Plan:
         implies.remove_nodes_from([("group", gid) for gid in lost_groups])
 
     scale = len(graph.cells) + 1
+    # Nodes in one strongly connected component of the implications move together: contract them.
+    components = nx.condensation(implies)
     flow = nx.DiGraph()
     flow.add_node(_SOURCE)
     flow.add_node(_SINK)
-    for node in sorted(implies.nodes):
-        if node[0] == "cell":
-            if blocked[node[1]] is None:
-                flow.add_edge(_SOURCE, node, capacity=_rerun_units(graph, node[1], scale))
+    for component, data in sorted(components.nodes(data=True)):
+        rerun, load = 0, 0
+        rerun_forbidden = load_forbidden = False
+        for node in data["members"]:
+            if node[0] == "cell":
+                rerun_forbidden |= blocked[node[1]] is not None
+                rerun += _rerun_units(graph, node[1], scale)
+            elif groups[node[1]].serializable:
+                load += _load_units(groups[node[1]].size_bytes, scale)
             else:
-                flow.add_edge(_SOURCE, node)
-        else:
-            group = groups[node[1]]
-            if group.serializable:
-                flow.add_edge(node, _SINK, capacity=_load_units(group.size_bytes, scale))
-            else:
-                flow.add_edge(node, _SINK)
-    for x, y in sorted(implies.edges):
+                load_forbidden = True
+        if rerun_forbidden:
+            flow.add_edge(_SOURCE, component)
+        elif rerun:
+            flow.add_edge(_SOURCE, component, capacity=rerun)
+        if load_forbidden:
+            flow.add_edge(component, _SINK)
+        elif load:
+            flow.add_edge(component, _SINK, capacity=load)
+    for x, y in sorted(components.edges):
         flow.add_edge(y, x)
 
-    cut_value, (_keep, rebuild) = nx.minimum_cut(flow, _SOURCE, _SINK)
+    cut_value, (_keep, rebuilt) = nx.minimum_cut(flow, _SOURCE, _SINK, flow_func=shortest_augmenting_path)
+    rebuild = {node for c in rebuilt if c not in (_SOURCE, _SINK) for node in components.nodes[c]["members"]}
     result.cost_seconds = (cut_value // scale) / _UNITS_PER_SECOND
     for gid in sorted(groups):
         if gid in lost_groups:

@@ -133,3 +133,80 @@ def test_alias_group_is_one_unit():
     g = graph_of(cell(0, runtime=0.001, created={"a"}), cell(1, runtime=0.001, reads={"a"}, created={"b"}))
     p = plan(g, {"a,b": GroupCost(frozenset({"a", "b"}), 1000 * MB)})
     assert p.recompute == {"a,b"} and p.rerun_cells == [0, 1]
+
+
+def _random_session(rng: random.Random, n_cells: int) -> tuple[SessionGraph, dict[str, GroupCost]]:
+    g = SessionGraph()
+    names: list[str] = []
+    for i in range(n_cells):
+        reads = frozenset(rng.sample(names, min(len(names), rng.randint(0, 2))))
+        flags = {}
+        if rng.random() < 0.15:
+            flags["nondeterministic"] = ("random",)
+        if rng.random() < 0.15:
+            flags["side_effects"] = ("file write",)
+        if names and rng.random() < 0.35:
+            target = rng.choice(names)
+            g.add_cell(cell(i, runtime=rng.random(), reads=reads | {target}, mutated={target}, **flags))
+        else:
+            names.append(f"v{i}")
+            g.add_cell(cell(i, runtime=rng.random(), reads=reads, created={f"v{i}"}, **flags))
+    groups = {n: GroupCost(frozenset({n}), rng.randint(0, 400) * MB, serializable=rng.random() > 0.2)
+              for n in names}
+    return g, groups
+
+
+def _brute_force_cost(g: SessionGraph, groups: dict[str, GroupCost], lost: set[str]) -> float:
+    from itertools import product
+
+    from elastic_proxy.inner_agent.optimizer import (
+        SIDE_EFFECT_PENALTY,
+        forbidden_reason,
+        implication_graph,
+        load_seconds,
+    )
+
+    implies = implication_graph(g, groups)
+    implies.remove_nodes_from([("group", gid) for gid in lost])
+    nodes = sorted(implies.nodes)
+    best = float("inf")
+    for choice in product((False, True), repeat=len(nodes)):
+        rebuilt = {node for node, on in zip(nodes, choice) if on}
+        if any(x in rebuilt and y not in rebuilt for x, y in implies.edges):
+            continue
+        cost = 0.0
+        for node in nodes:
+            if node[0] == "cell":
+                if node in rebuilt:
+                    if forbidden_reason(g, node[1]) is not None:
+                        cost = float("inf")
+                        break
+                    c = g.cells[node[1]]
+                    cost += c.runtime + (SIDE_EFFECT_PENALTY if c.side_effects else 0)
+            elif node not in rebuilt:
+                group = groups[node[1]]
+                if not group.serializable:
+                    cost = float("inf")
+                    break
+                cost += load_seconds(group.size_bytes)
+        best = min(best, cost)
+    return best
+
+
+def test_min_cut_matches_brute_force_on_random_sessions():
+    rng = random.Random(2024)
+    for _ in range(60):
+        g, groups = _random_session(rng, rng.randint(1, 6))
+        p = plan(g, groups)
+        lost_groups = {gid for gid, group in groups.items() if group.names & set(p.lost)}
+        expected = _brute_force_cost(g, groups, lost_groups)
+        assert abs(p.cost_seconds - expected) < 1e-4 * max(1.0, expected), (p.to_json(), expected)
+
+
+def test_plan_scales_to_two_thousand_cells():
+    import time
+
+    g, groups = _random_session(random.Random(5), 2000)
+    started = time.perf_counter()
+    plan(g, groups)
+    assert time.perf_counter() - started < 10
