@@ -129,6 +129,7 @@ class ProtocolState:
     pending_input: WireMessage | None = None
     shutting_down: bool = False
     child_language: str = "python"
+    client_ports: dict[str, int] = field(default_factory=dict)
     cell_log: list[LoggedCell] = field(default_factory=list)
     last_checkpoint: dict[str, Any] | None = None
     recovery_notice: str | None = None
@@ -149,6 +150,9 @@ class ProtocolState:
             return self._client_input(msg)
         if kind == "kernel_info_request" and self.phase is not Phase.READY and self.kernel_info is not None:
             return self.reply_locally(msg, channel, "kernel_info_reply", self.kernel_info)
+        if kind == "connect_request":
+            # The child would name its own ipc endpoints; the client needs the ones it connected to.
+            return self.reply_locally(msg, channel, "connect_reply", {"status": "ok", **self.client_ports})
         if channel == CONTROL:
             if kind == "interrupt_request" and (self.child_interrupt_mode != "message"
                                                 or self.phase is not Phase.READY):

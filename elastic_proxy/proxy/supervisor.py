@@ -92,7 +92,9 @@ class Supervisor:
         self.client_signer = Signer(key.encode() if isinstance(key, str) else key,
                                     connection_info.get("signature_scheme", "hmac-sha256"))
         self.replay_guard = ReplayGuard()
-        self.state = ProtocolState()
+        self.state = ProtocolState(client_ports={
+            f"{ch}_port": int(connection_info[f"{ch}_port"]) for ch in ("shell", "iopub", "stdin", "hb", "control")
+        })
         self.context = zmq.asyncio.Context()
         self.client: dict[str, zmq.asyncio.Socket] = {}
         self.child: KernelChild | None = None

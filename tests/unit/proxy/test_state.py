@@ -415,3 +415,13 @@ def test_a_small_restore_shows_no_progress():
     state.client_message(SHELL, request("execute_request", {"code": "x"}))
     content = {"phase": "load", "done_bytes": 1, "total_bytes": 2**20, "report": None}
     assert state.child_message(IOPUB, new_message("elastic_restore", content, parent=None, session="c")) == []
+
+
+def test_connect_request_names_the_clients_ports_not_the_childs():
+    state = ready_state(client_ports={"shell_port": 5001, "iopub_port": 5002, "stdin_port": 5003,
+                                      "hb_port": 5004, "control_port": 5005})
+    actions = state.client_message(SHELL, request("connect_request"))
+    reply = sends(actions, channel=SHELL)[0]
+    assert reply.msg.msg_type == "connect_reply"
+    assert reply.msg.content == {"status": "ok", "shell_port": 5001, "iopub_port": 5002, "stdin_port": 5003,
+                                 "hb_port": 5004, "control_port": 5005}
