@@ -58,7 +58,7 @@ class Agent:
             allow_fork=allow_fork,
             on_fingerprints=self._accept_fingerprints,
         )
-        self.recorder.listeners.append(self.checkpointer.on_cell)
+        self.recorder.listeners.append(self._on_cell)
         self.pending_report: RestoreReport | None = None
         self.last_report: RestoreReport | None = None
         self._parent: Any = None
@@ -73,6 +73,8 @@ class Agent:
 
     # lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
+        """Hook in; variables that exist already (loaded mid-session) are taken over as they are."""
+        self.recorder.adopt([n for n in self.shell.user_ns if n not in self.recorder.fingerprints])
         self.shell.events.register("pre_run_cell", self._before_cell)
         self.shell.events.register("post_run_cell", self._after_cell)
 
@@ -93,6 +95,12 @@ class Agent:
             self.display(report.mimebundle())
         self.recorder.pre_run_cell(info)
         self._pre_seconds = time.perf_counter() - started
+
+    def _on_cell(self, cell: Any, recorder: Recorder) -> None:
+        if recorder.adopted:
+            recorder.adopted.clear()
+            self.checkpointer.needs_commit = True
+        self.checkpointer.on_cell(cell)
 
     def _after_cell(self, result: Any) -> None:
         started = time.perf_counter()

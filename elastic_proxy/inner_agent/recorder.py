@@ -35,6 +35,8 @@ def is_user_name(name: str, hidden: Iterable[str] = ()) -> bool:
     """True for names the user made, False for IPython's own bookkeeping (In, Out, _12, _i3...)."""
     if name in _IPYTHON_NAMES or _IPYTHON_NUMBERED.match(name):
         return False
+    if name.startswith("__") and name.endswith("__"):
+        return False  # the module's own __name__, __builtins__, __spec__...
     return name not in hidden
 
 
@@ -109,6 +111,9 @@ class Recorder:
         self.opaque: set[str] = set()
         self.deferred: set[str] = set()
         self.defer_above = DEFER_FINGERPRINT_ABOVE
+        self.adopted: set[str] = set()
+        """Names taken over without a producing cell (there before the agent, or restored):
+        they can only be loaded. The agent drains it to schedule a checkpoint."""
         self.sizes: dict[str, int] = {}
         self.aliases = aliasing.AliasGroups()
         self.listeners = list(listeners)
@@ -133,6 +138,7 @@ class Recorder:
         self.discard_pending()
         self.graph = SessionGraph()
         self.fingerprints, self.sizes, self.opaque, self.deferred = {}, {}, set(), set()
+        self.adopted = set()
         self.aliases = aliasing.AliasGroups()
 
     def pre_run_cell(self, info: Any) -> None:
@@ -172,6 +178,7 @@ class Recorder:
             moved = (keys_after - pending.keys_before) | (pending.keys_before - keys_after)
             candidates |= self._with_aliases({n for n in moved if self.is_user_name(n)})
         created, rebound, mutated, deleted = set(), set(), set(), set()
+        untracked: list[str] = []
         for name in sorted(candidates):
             existed = name in pending.before_ids
             if name not in ns:
@@ -180,6 +187,9 @@ class Recorder:
                     self._forget(name)
                 continue
             value = ns[name]
+            if existed and name not in self.fingerprints and pending.before_ids[name] == id(value):
+                untracked.append(name)  # there before the agent: no cell of ours made it
+                continue
             if isinstance(value, types.ModuleType) and existed and pending.before_ids[name] == id(value):
                 continue
             size = estimate_size(value)
@@ -197,6 +207,8 @@ class Recorder:
                 self._defer(name, size)
             else:
                 self._remember(name, value, new_fp, size)
+        if untracked:
+            self.adopt(untracked)
         changed = created | rebound | mutated
         if changed or deleted:
             self.aliases.update(ns, changed, deleted)
@@ -291,7 +303,12 @@ class Recorder:
         names = [n for n in names if n in ns and self.is_user_name(n)]
         for name in names:
             print_ = known.get(name)
-            self._remember(name, ns[name], print_ if print_ is not None else self._fingerprint(ns[name]))
+            size = estimate_size(ns[name])
+            if print_ is None and size > self.defer_above:
+                self._defer(name, size)
+            else:
+                self._remember(name, ns[name], print_ if print_ is not None else self._fingerprint(ns[name]), size)
+        self.adopted |= set(names)
         if names:
             self.aliases.update(ns, set(names), set())
 

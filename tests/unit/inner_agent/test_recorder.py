@@ -62,3 +62,13 @@ def test_big_values_are_fingerprinted_later_not_in_the_hook(rec):
     assert c.created >= {"big", "small"}
     assert "big" in rec.deferred and "small" not in rec.deferred
     assert cell(rec, "big.sum()").mutated == {"big"}, "until fingerprinted, touching counts as a change"
+
+
+def test_names_there_before_the_agent_are_taken_over_not_credited_to_a_cell(rec):
+    rec.shell.run_cell("import os", store_history=True)
+    rec.shell.user_ns["early"] = [1]
+    c = cell(rec, "late = early + [2]")
+    assert c.created == {"late"} and not c.mutated
+    assert "early" in rec.adopted and "early" in rec.fingerprints
+    assert rec.graph.producers("early") == [], "no cell made it: it can only be loaded"
+    assert "__name__" not in rec.fingerprints and "__builtins__" not in rec.fingerprints
