@@ -337,7 +337,7 @@ def test_comms_open_before_a_death_are_closed(kernel):
     _, kc = kernel
     code = "from comm import create_comm; c = create_comm(target_name='probe'); print(c.comm_id)"
     _, outputs = run(kc, code)
-    comm_id = stdout_of(outputs).strip()
+    comm_id = stdout_of(outputs).splitlines()[0]
     drain(kc.iopub_channel)
     pid = child_pid(kc)
     os.kill(pid, signal.SIGKILL)
