@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 import time
 import types
 from collections import ChainMap, deque
@@ -88,12 +89,15 @@ class Agent:
 
     def _before_cell(self, info: Any) -> None:
         started = time.perf_counter()
-        self._parent = self._current_parent()
-        self.checkpointer.poll()
-        if self.pending_report is not None:
-            report, self.pending_report = self.pending_report, None
-            self.display(report.mimebundle())
-        self.recorder.pre_run_cell(info)
+        try:
+            self._parent = self._current_parent()
+            self.checkpointer.poll()
+            if self.pending_report is not None:
+                report, self.pending_report = self.pending_report, None
+                self.display(report.mimebundle())
+            self.recorder.pre_run_cell(info)
+        except Exception as exc:
+            self._hook_failed("before the cell", exc)
         self._pre_seconds = time.perf_counter() - started
 
     def _on_cell(self, cell: Any, recorder: Recorder) -> None:
@@ -104,9 +108,19 @@ class Agent:
 
     def _after_cell(self, result: Any) -> None:
         started = time.perf_counter()
-        self.recorder.post_run_cell(result)
-        self.checkpointer.poll()
+        try:
+            self.recorder.post_run_cell(result)
+            self.checkpointer.poll()
+        except Exception as exc:
+            self._hook_failed("after the cell", exc)
         self.overhead.append(self._pre_seconds + time.perf_counter() - started)
+
+    def _hook_failed(self, where: str, exc: Exception) -> None:
+        """An agent bug must not break the user's cell: one line on stderr, kept for %elastic status."""
+        message = f"elastic agent failed {where}: {type(exc).__name__}: {exc}"
+        self.checkpointer.last_error = message
+        self.checkpointer.needs_commit = True
+        print(message + " (this cell's effects may be missing from checkpoints)", file=sys.stderr)
 
     # state for the checkpoint ----------------------------------------------------------------
     def describe_state(self) -> State:
