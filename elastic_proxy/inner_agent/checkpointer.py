@@ -17,6 +17,7 @@ import gc
 import itertools
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -37,6 +38,8 @@ FORK_SECONDS_PER_RSS_BYTE = 12e-3 / (1 << 30)
 INLINE_FIXED_SECONDS = 5e-3
 """Nominal cost of an inline write besides pickling: a blob and a manifest, each fsynced."""
 INLINE_BYTES_PER_SECOND = 1e9
+WRITER_TIMEOUT = 900.0
+"""Seconds after which a forked writer is considered hung and killed (checked at each hook)."""
 GC_EVERY = 25
 GC_KEEP_LAST = 50
 """Retention: every GC_EVERY generations a forked writer (never the user's process) keeps the
@@ -202,6 +205,7 @@ class Checkpointer:
         self.last_cell: int | None = None
         self.last_error: str | None = None
         self.forks = 0
+        self.writer_timeout = WRITER_TIMEOUT
         self.parent: int | None = None
         self._last_committed_cell: int | None = None
         self._lock = threading.Lock()
@@ -239,8 +243,19 @@ class Checkpointer:
     def poll(self) -> None:
         """Collect a finished write, and start the next one if there is something to write."""
         self._collect()
+        self._kill_if_hung()
         if self._inflight is None and self.needs_commit:
             self._start()
+
+    def _kill_if_hung(self) -> None:
+        """A writer stuck past WRITER_TIMEOUT (say, a lock inherited held at fork) would stop all
+        checkpoints for good: kill it; the watcher then reports the failure and the changes retry."""
+        pid = self._inflight_pid
+        if pid is not None and time.perf_counter() - self._inflight_started > self.writer_timeout:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     @property
     def busy(self) -> bool:

@@ -190,3 +190,18 @@ def test_forked_writers_apply_retention(store, monkeypatch):
         assert cp.wait(timeout=30)
     generations = [m.generation for m in store.generations()]
     assert generations[0] == 4 and 1 not in generations and 3 not in generations, generations
+
+
+def test_a_hung_writer_is_killed_and_its_changes_retried(store, tmp_path):
+    ns = {"slow": PidProbe(str(tmp_path / "pids"), delay=60.0)}
+    cp = make(store, ns)
+    cp.writer_timeout = 0.5
+    cp.on_cell(cell(1, "slow"))
+    time.sleep(0.7)
+    cp.poll()
+    assert cp._idle.wait(10), "the hung writer was not killed"
+    ns["slow"] = PidProbe(str(tmp_path / "pids"))
+    cp.poll()
+    assert "killed by signal 9" in (cp.status()["last_error"] or "")
+    assert cp.wait(timeout=30)
+    assert set(store.latest().groups()) == {"slow"}
