@@ -10,7 +10,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from elastic_proxy.inner_agent import get_agent, load_ipython_extension, unload_ipython_extension
-from elastic_proxy.inner_agent.restore import RestoreReport, restore
+from elastic_proxy.inner_agent.restore import RestoreReport, restore, restore_session
 
 
 @pytest.fixture
@@ -141,3 +141,19 @@ def test_unserializable_generator_states(shell):
     assert "generator" in report.lost["used"]
     assert "fresh" in report.recomputed and list(shell.user_ns["fresh"]) == [0, 1, 2]
     assert os.environ["ELASTIC_PROXY_SESSION"] == report.session
+
+
+def test_long_cell_logs_are_sealed_in_segments_and_read_back(shell, monkeypatch):
+    import elastic_proxy.inner_agent.agent as agent_module
+
+    monkeypatch.setattr(agent_module, "CELL_SEGMENT", 4)
+    for i in range(13):
+        run(shell, f"c{i} = [{i}]")
+    store = get_agent(shell).store
+    get_agent(shell).checkpointer.wait(timeout=60)
+    body = store.latest().body
+    assert len(body["cell_segments"]) == 2 and len(body["cells"]) == 5
+    fresh_namespace(shell)
+    restored = restore_session(shell, store)
+    assert shell.user_ns["c0"] == [0] and shell.user_ns["c12"] == [12]
+    assert [c.code for c in restored.graph.cells.values()] == [f"c{i} = [{i}]" for i in range(13)]
