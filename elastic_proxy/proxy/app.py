@@ -46,6 +46,11 @@ class SupervisorApp(JupyterApp):
         True, config=True,
         help="Load the elastic_proxy.inner_agent extension into Python children (checkpoints, restore).",
     )
+    warm_spare = Bool(
+        True, config=True,
+        help="Keep one idle child started, so a death costs the restore and not a process start (memory: one "
+             "idle interpreter).",
+    )
     storm_limit = Integer(5, config=True, help="Stop respawning after this many child deaths ...")
     storm_window = Float(60.0, config=True, help="... within this many seconds; then exit non-zero.")
 
@@ -61,6 +66,7 @@ class SupervisorApp(JupyterApp):
     flags = {
         "no-restore": ({"SupervisorApp": {"restore": False}}, "Start every child empty."),
         "no-agent": ({"SupervisorApp": {"load_agent": False}}, "Do not load the agent (replay only)."),
+        "no-warm-spare": ({"SupervisorApp": {"warm_spare": False}}, "Start a child only when one is needed."),
         "debug": ({"Application": {"log_level": logging.DEBUG}}, "Log debug messages."),
     }
 
@@ -68,10 +74,11 @@ class SupervisorApp(JupyterApp):
     def _session_default(self) -> str:
         return os.environ.get("ELASTIC_PROXY_SESSION") or os.environ.get("JPY_SESSION_NAME", "")
 
-    def child_env(self, generation: int, skip_restore_reason: str | None = None) -> dict[str, str]:
+    def child_env(self, generation: int, skip_restore_reason: str | None = None, spare: bool = False) -> dict[str, str]:
         env = dict(os.environ)
         env["ELASTIC_PROXY_CHILD_GENERATION"] = str(generation)
-        env["ELASTIC_PROXY_RESTORE"] = "auto" if self.restore and not skip_restore_reason else "off"
+        restore = "deferred" if spare else "auto"
+        env["ELASTIC_PROXY_RESTORE"] = restore if self.restore and not skip_restore_reason else "off"
         if skip_restore_reason:
             env["ELASTIC_PROXY_RESTORE_SKIPPED"] = skip_restore_reason
         if self.session:
@@ -95,19 +102,20 @@ class SupervisorApp(JupyterApp):
             limit_bytes = parse_size(self.memory_limit)
         runtime_dir = make_runtime_dir()
 
-        def new_child(generation: int, skip_restore_reason: str | None) -> KernelChild:
+        def new_child(generation: int, skip_restore_reason: str | None, spare: bool) -> KernelChild:
             limit = None
             if self.memory_limit:
                 limit = MemoryLimit.create(limit_bytes, str(generation))
                 if limit.warning:
                     self.log.warning("%s", limit.warning)
             return KernelChild(specs=specs, kernel_name=kernel_name, runtime_dir=runtime_dir,
-                               generation=generation, env=self.child_env(generation, skip_restore_reason),
+                               generation=generation, env=self.child_env(generation, skip_restore_reason, spare),
                                cwd=os.getcwd(),
                                memory_limit=limit)
 
         supervisor = Supervisor(info, new_child, storm=StormGuard(self.storm_limit, self.storm_window),
-                                log=self.log, memory_limit_text=self.memory_limit or None)
+                                log=self.log, memory_limit_text=self.memory_limit or None,
+                                restore=self.restore, warm_spare=self.warm_spare)
         try:
             code = run_supervisor(supervisor)
         finally:

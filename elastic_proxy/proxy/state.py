@@ -98,7 +98,9 @@ class LoggedCell:
 
 
 #: What the supervisor asks a Python child after it starts (a user expression, so no cell is used up).
-AGENT_SUMMARY_EXPRESSION = "__import__('elastic_proxy.inner_agent.supervisor_link', fromlist=['_']).summary({})"
+AGENT_SUMMARY_EXPRESSION = (
+    "__import__('elastic_proxy.inner_agent.supervisor_link', fromlist=['_']).summary({count}, restore_now={restore})"
+)
 
 
 def parse_agent_summary(reply_content: dict[str, Any]) -> dict[str, Any] | None:
@@ -129,6 +131,7 @@ class ProtocolState:
     pending_input: WireMessage | None = None
     shutting_down: bool = False
     child_language: str = "python"
+    restore_on_ready: bool = False  # a warm spare was started empty: its agent restores when asked
     client_ports: dict[str, int] = field(default_factory=dict)
     cell_log: list[LoggedCell] = field(default_factory=list)
     last_checkpoint: dict[str, Any] | None = None
@@ -305,10 +308,11 @@ class ProtocolState:
         return {**content, "supported_features": features, "debugger": False}
 
     # --- child lifecycle ---------------------------------------------------------------
-    def child_started(self, language: str = "python") -> list[Action]:
+    def child_started(self, language: str = "python", *, restore_on_ready: bool = False) -> list[Action]:
         """A new child process is up: probe it until its reply AND an IOPub message arrive."""
         self.phase = Phase.STARTING
         self.child_language = language
+        self.restore_on_ready = restore_on_ready
         return [self.probe()]
 
     def probe(self) -> Send:
@@ -340,7 +344,8 @@ class ProtocolState:
         self.phase = Phase.RESTORING
         if self.child_language != "python":
             return self._recover(None)
-        query = self._internal_execute("", {"elastic": AGENT_SUMMARY_EXPRESSION.format(self.execution_count)})
+        expression = AGENT_SUMMARY_EXPRESSION.format(count=self.execution_count, restore=self.restore_on_ready)
+        query = self._internal_execute("", {"elastic": expression})
         self._summary_id = query.msg.msg_id
         return [query]
 

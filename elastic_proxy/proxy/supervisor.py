@@ -15,7 +15,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Awaitable
 from typing import Any, Callable
 
 import zmq
@@ -47,8 +46,9 @@ PARENT_POLL_INTERVAL = 1.0
 SETTLE_QUIET = 0.05
 SETTLE_MAX = 0.5
 
-#: (generation, skip_restore_reason) -> a child not yet started. A reason means: start it empty.
-ChildFactory = Callable[[int, "str | None"], KernelChild]
+#: (generation, skip_restore_reason, spare) -> a child not yet started. A reason means: start it
+#: empty; a spare starts without restoring and restores when it is promoted.
+ChildFactory = Callable[[int, "str | None", bool], KernelChild]
 
 
 def client_url(info: dict[str, Any], channel: str) -> str:
@@ -82,12 +82,16 @@ class Supervisor:
 
     def __init__(self, connection_info: dict[str, Any], new_child: ChildFactory, *,
                  storm: StormGuard, log: logging.Logger, memory_limit_text: str | None = None,
-                 on_child_ready: Callable[[KernelChild], Awaitable[None]] | None = None) -> None:
+                 restore: bool = True, warm_spare: bool = True) -> None:
         self.info = connection_info
         self.new_child = new_child
         self.storm = storm
         self.log = log
         self.memory_limit_text = memory_limit_text
+        self.restore = restore
+        self.warm_spare = warm_spare
+        self.spare: KernelChild | None = None
+        self._spare_starting = False
         key = connection_info.get("key", "")
         self.client_signer = Signer(key.encode() if isinstance(key, str) else key,
                                     connection_info.get("signature_scheme", "hmac-sha256"))
@@ -166,6 +170,9 @@ class Supervisor:
     async def _shutdown(self) -> None:
         for task in self._tasks + self._child_tasks:
             task.cancel()
+        if self.spare is not None:
+            await self.spare.stop(grace=0.5)
+            await self.spare.cleanup()
         if self.child is not None:
             await self.child.stop(grace=1.0)
             await self._close_child()
@@ -177,7 +184,16 @@ class Supervisor:
 
     # --- the child ---------------------------------------------------------------------
     async def _spawn_child(self) -> None:
-        child = self.new_child(self.generation, self._skip_restore_reason)
+        """Bring up the next child: the warm spare when there is one, else a new process."""
+        spare, self.spare = self.spare, None
+        if spare is not None and not self._skip_restore_reason and not spare.exit_code.done():
+            self.log.info("kernel child %d (the warm spare) takes over", spare.generation)
+            await self._adopt(spare, restore_on_ready=self.restore)
+            return
+        if spare is not None:
+            await spare.stop(grace=0.5)
+            await spare.cleanup()
+        child = self.new_child(self.generation, self._skip_restore_reason, False)
         self.generation += 1
         self.child = child
         try:
@@ -187,11 +203,42 @@ class Supervisor:
             await self._child_gone(child, f"The kernel child could not be started: {err}")
             return
         self.log.info("kernel child %d started (pid %d)", child.generation, child.pid)
+        await self._adopt(child, restore_on_ready=False)
+
+    async def _adopt(self, child: KernelChild, *, restore_on_ready: bool) -> None:
+        self.child = child
         self._connect_child(child)
         self.state.child_interrupt_mode = child.interrupt_mode
-        await self._execute(self.state.child_started(child.language))
+        await self._execute(self.state.child_started(child.language, restore_on_ready=restore_on_ready))
         self._child_tasks.append(asyncio.ensure_future(self._watch_child(child)))
         self._child_tasks.append(asyncio.ensure_future(self._probe_until_ready(child)))
+
+    async def _start_spare(self) -> None:
+        """Keep one idle child ready (interpreter, ipykernel, agent loaded; nothing restored), so a
+        death costs the restore, not a process start."""
+        self._spare_starting = True
+        try:
+            spare = self.new_child(self.generation, None, True)
+            self.generation += 1
+            await spare.start()
+        except Exception as err:
+            self.log.warning("could not start a warm spare: %s", err)
+            return
+        finally:
+            self._spare_starting = False
+        if self.state.phase is Phase.STOPPED:
+            await spare.stop(grace=0.5)
+            await spare.cleanup()
+            return
+        self.spare = spare
+        self._tasks.append(asyncio.ensure_future(self._forget_dead_spare(spare)))
+
+    async def _forget_dead_spare(self, spare: KernelChild) -> None:
+        await spare.exit_code
+        if self.spare is spare:
+            self.log.warning("the warm spare (pid %d) died; another starts with the next cell", spare.pid)
+            self.spare = None
+            await spare.cleanup()
 
     def _connect_child(self, child: KernelChild) -> None:
         urls = child.urls()
@@ -349,6 +396,13 @@ class Supervisor:
 
     # --- carrying out the state machine's actions ----------------------------------------
     async def _execute(self, actions: list[Any]) -> None:
+        await self._send_actions(actions)
+        if (self.warm_spare and self.spare is None and not self._spare_starting
+                and self.state.phase is Phase.READY and self.child is not None):
+            self._spare_starting = True
+            self._tasks.append(asyncio.ensure_future(self._start_spare()))
+
+    async def _send_actions(self, actions: list[Any]) -> None:
         async with self._send_lock:
             for action in actions:
                 if isinstance(action, Send):

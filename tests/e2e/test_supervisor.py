@@ -426,3 +426,17 @@ def test_supervisor_exits_when_the_process_that_started_it_dies():
 
     assert wait_for(lambda: gone(supervisor), timeout=15)
     assert wait_for(lambda: gone(child), timeout=5)
+
+
+def test_a_warm_spare_takes_over_after_a_death(kernel):
+    """The next child was already running before the death: a death costs the restore, not a start."""
+    km, kc = kernel
+    run(kc, "1")
+    supervisor = supervisor_process(km)
+    pid = child_pid(kc)
+    assert wait_for(lambda: len(supervisor.children()) == 2, timeout=30), "no warm spare was started"
+    spare = next(p.pid for p in supervisor.children() if p.pid != pid)
+    os.kill(pid, signal.SIGKILL)
+    assert run(kc, "print('on the spare')")[1][-1]["content"]["text"] == "on the spare\n"
+    assert child_pid(kc) == spare
+    assert wait_for(lambda: len(supervisor.children()) == 2, timeout=30), "no new spare after the takeover"
