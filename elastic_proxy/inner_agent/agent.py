@@ -94,7 +94,8 @@ class Agent:
             self.checkpointer.poll()
             if self.pending_report is not None:
                 report, self.pending_report = self.pending_report, None
-                self.display(report.mimebundle())
+                if not report.found_nothing:
+                    self.display(report.mimebundle())
             self.recorder.pre_run_cell(info)
         except Exception as exc:
             self._hook_failed("before the cell", exc)

@@ -21,6 +21,7 @@ from .graph import CellExecution, SessionGraph
 from .optimizer import GroupCost, Plan, plan
 
 _GENERATOR_FRESH = "GEN_CREATED"
+NO_CHECKPOINT = "no checkpoint for this session"
 TRUST_LOADED_ABOVE = 16 << 20
 """A loaded value this big is not fingerprinted again: every byte of it was just checked against
 its blake3 address, and the recorded fingerprint describes exactly those bytes. Hashing 1 GB a
@@ -48,6 +49,13 @@ class RestoreReport:
     @property
     def complete(self) -> bool:
         return self.generation is not None and not self.lost and not self.mismatched
+
+    @property
+    def found_nothing(self) -> bool:
+        """A new session: no checkpoint at all, so nothing the user needs to hear about. A
+        checkpoint that existed but could not be used is never "nothing" (its notes say why)."""
+        return (self.generation is None and self.notes == [NO_CHECKPOINT] and not self.lost
+                and not self.mismatched)
 
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -141,7 +149,7 @@ def restore_session(
         report.seconds = time.perf_counter() - started
         return restored
     if not report.notes:
-        report.notes.append("no checkpoint for this session")
+        report.notes.append(NO_CHECKPOINT)
     report.seconds = time.perf_counter() - started
     return Restored(report, SessionGraph(), {}, {}, {}, [])
 
