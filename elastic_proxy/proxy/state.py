@@ -99,7 +99,8 @@ class LoggedCell:
 
 #: What the supervisor asks a Python child after it starts (a user expression, so no cell is used up).
 AGENT_SUMMARY_EXPRESSION = (
-    "__import__('elastic_proxy.inner_agent.supervisor_link', fromlist=['_']).summary({count}, restore_now={restore})"
+    "__import__('elastic_proxy.inner_agent.supervisor_link', fromlist=['_'])"
+    ".summary({count}, restore_now={restore}, pending={pending!r})"
 )
 
 
@@ -138,6 +139,7 @@ class ProtocolState:
     recovery_notice: str | None = None
     _replaying: dict[str, LoggedCell] = field(default_factory=dict)
     _replayed: list[int] = field(default_factory=list)
+    _not_replayed: list[str] = field(default_factory=list)
     _replay_failures: list[str] = field(default_factory=list)
     _replay_by_agent: bool = False
     _summary_id: str | None = None
@@ -344,7 +346,11 @@ class ProtocolState:
         self.phase = Phase.RESTORING
         if self.child_language != "python":
             return self._recover(None)
-        expression = AGENT_SUMMARY_EXPRESSION.format(count=self.execution_count, restore=self.restore_on_ready)
+        # The cells after the last checkpoint the agent announced: the agent says which are unsafe to re-run.
+        since = int((self.last_checkpoint or {}).get("cell") or 0)
+        pending = [(c.execution_count, c.code) for c in self.cell_log if c.execution_count > since]
+        expression = AGENT_SUMMARY_EXPRESSION.format(count=self.execution_count, restore=self.restore_on_ready,
+                                                     pending=pending)
         query = self._internal_execute("", {"elastic": expression})
         self._summary_id = query.msg.msg_id
         return [query]
@@ -374,6 +380,14 @@ class ProtocolState:
             else:
                 after = int(restored) if restored is not None else 0
                 replay = [c for c in self.cell_log if c.execution_count > after]
+                unsafe = {int(k): v for k, v in (summary.get("unsafe") or {}).items()}
+                since = int((self.last_checkpoint or {}).get("cell") or 0)
+                for cell in replay:
+                    if cell.execution_count <= since:
+                        unsafe.setdefault(cell.execution_count, "its checkpoint could not be used")
+                self._not_replayed = [f"[{c.execution_count}] ({unsafe[c.execution_count]})"
+                                      for c in replay if c.execution_count in unsafe]
+                replay = [c for c in replay if c.execution_count not in unsafe]
         self._replay_failures = []
         if not replay:
             return self._recovered()
@@ -386,6 +400,10 @@ class ProtocolState:
         return sends
 
     def _recovered(self) -> list[Action]:
+        notices = []
+        if self._not_replayed:
+            notices.append("elastic-proxy: not re-run, so what they made is missing: "
+                           + "; ".join(self._not_replayed) + ". Run them again if you want their results.")
         if self._replayed:
             cells = ", ".join(f"[{n}]" for n in self._replayed)
             what = ("Re-ran the cells completed after the checkpoint " if self._replay_by_agent else
@@ -394,8 +412,10 @@ class ProtocolState:
             if self._replay_failures:
                 failed = ", ".join(self._replay_failures)
                 notice += f" These failed when re-run, so their effects are missing: {failed}."
-            self.recovery_notice = notice
+            notices.insert(0, notice)
+        self.recovery_notice = "\n".join(notices) or None
         self._replayed = []
+        self._not_replayed = []
         self._internal_ids.clear()
         return self.child_ready(self._child_count)
 

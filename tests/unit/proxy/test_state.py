@@ -425,3 +425,25 @@ def test_connect_request_names_the_clients_ports_not_the_childs():
     assert reply.msg.msg_type == "connect_reply"
     assert reply.msg.content == {"status": "ok", "shell_port": 5001, "iopub_port": 5002, "stdin_port": 5003,
                                  "hb_port": 5004, "control_port": 5005}
+
+
+def test_cells_the_agent_calls_unsafe_are_not_replayed_and_the_user_is_told():
+    state = ready_state()
+    for n, code in enumerate(["x = 1", "a = np.random.rand(3)", "f = open('out.txt', 'w')", "y = x + 1"], start=1):
+        complete(state, code, n)
+    state.last_checkpoint = {"generation": 1, "cell": 1}
+    state.child_died("killed", respawn=True)
+    (query,) = start_child(state)
+    expression = query.msg.content["user_expressions"]["elastic"]
+    assert "pending=[(2, 'a = np.random.rand(3)'), (3, \"f = open('out.txt', 'w')\"), (4, 'y = x + 1')]" in expression
+    summary = {"restored_cell": 1, "execution_count": 4, "restore": True,
+               "unsafe": {2: "it is nondeterministic", 3: "it opens a file for writing"}}
+    content = {"status": "ok", "user_expressions": {"elastic": {"status": "ok",
+                                                                "data": {"text/plain": repr(summary)}}}}
+    replays = state.child_message(SHELL, from_child("execute_reply", content, query.msg, []))
+    assert [r.msg.content["code"] for r in replays] == ["y = x + 1"]
+    waiting = request("execute_request", {"code": "y"})
+    state.client_message(SHELL, waiting)
+    notice, _ = state.child_message(SHELL, from_child("execute_reply", {"status": "ok"}, replays[0].msg, []))
+    text = notice.msg.content["text"]
+    assert "[4]" in text and "[2] (it is nondeterministic)" in text and "[3] (it opens a file for writing)" in text
