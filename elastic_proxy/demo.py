@@ -33,7 +33,7 @@ KERNEL = "python3-elastic"
 OOM_KERNEL = "python3-elastic-oom"
 MEMORY_LIMIT = "600M"
 OOM_ALLOCATION_GIB = 2
-ARRAY_LENGTH = 40_000_000  # float64: 320 MB (305 MiB)
+ARRAY_LENGTH = 32_000_000  # float64: 256 MB (244 MiB)
 CELL_TIMEOUT = 90.0
 KILL_DELAY = 1.5  # seconds into the long cell
 PROBE_MARK = "@@elastic-demo@@"
@@ -332,6 +332,7 @@ class Demo:
             problems += [f"restore report: {problem}" for problem in report_problems(report)]
         if not cell.ok:
             problems.append(f"the cell failed: {cell.reply.get('ename')}: {cell.reply.get('evalue')}")
+            problems += [f"the kernel said: {line}" for line in cell.stderr.splitlines() if line.strip()]
             raise StepFailed("; ".join(problems))
         expected_file = self.file_content
         seen = cell.probe()
