@@ -20,11 +20,15 @@ from .checkpointer import Checkpointer, State
 from .optimizer import NOMINAL_BANDWIDTH
 from .recorder import Recorder, estimate_size
 from .restore import RestoreReport, restore_session
+from .writer_lock import wait_for_writers
 
 MESSAGE_CHECKPOINT = "elastic_checkpoint"
 CELL_SEGMENT = 64
 OUT_MAX_BYTES = 16 << 20
 MESSAGE_RESTORE = "elastic_restore"
+
+#: How long a restore waits for a checkpoint writer that outlived its kernel (then it takes what is there).
+WRITER_WAIT_SECONDS = 60.0
 
 
 def session_name(environ: Any = os.environ) -> str:
@@ -205,6 +209,7 @@ class Agent:
     def restore(self, generation: int | None = None) -> RestoreReport:
         """Restore into the shell and continue recording from the restored state."""
         self.checkpointer.wait(timeout=60)
+        wait_for_writers(self.store, timeout=WRITER_WAIT_SECONDS)  # a dead kernel's writer may be finishing
         self.recorder.paused = True
         try:
             restored = restore_session(self.shell, self.store, generation, progress=self._publish_progress)

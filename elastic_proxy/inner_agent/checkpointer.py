@@ -32,6 +32,7 @@ from ..store import GroupRef, SerializationError, StoreError, StoreFullError
 from . import fingerprint
 from .filehandles import store_file_reducers
 from .graph import CellExecution
+from .writer_lock import hold_while_writing
 
 FORK_SECONDS_PER_RSS_BYTE = 12e-3 / (1 << 30)
 """Parent pause of os.fork(), copying page tables: 12 ms per GB resident (measured, docs/peers.md)."""
@@ -465,6 +466,7 @@ def _snapshot_process(
     try:
         gc.disable()
         os.close(read_fd)
+        hold_while_writing(store)  # first: a restore after the kernel's death waits for this write
         os.nice(BACKGROUND_NICENESS)
         sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the process ends with os._exit)
         warnings.simplefilter("ignore")
