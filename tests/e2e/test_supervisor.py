@@ -198,6 +198,7 @@ def test_kernel_info_and_heartbeat_answer_while_the_child_is_down(kernel):
 
 def test_usage_request_names_the_child(kernel):
     km, kc = kernel
+    run(kc, "1")  # a child that is up, not one still importing after the previous test's kill
     content = control_request(kc, "usage_request", {})
     child = psutil.Process(content["pid"])
     assert child.pid != km.provisioner.process.pid
