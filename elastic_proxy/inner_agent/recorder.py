@@ -51,34 +51,42 @@ _SAMPLE = 64
 
 
 def estimate_size(obj: Any, budget: int = 2000) -> int:
-    """Bytes, roughly, with bounded work: enough to choose inline vs forked writes and load costs."""
+    """Bytes, roughly, with bounded work: enough to choose inline vs forked writes and load costs.
+
+    Iterative, with one `seen` set and one budget for the whole walk: a big container is
+    sampled (its first members stand for all of them, weighted), never walked by a nested call,
+    since object graphs such as a Comm's (it holds the kernel, hence the whole process) are
+    cyclic and made of big dicts, and nested walks with their own budgets never ended."""
     seen: set[int] = set()
-    stack = [obj]
-    total = 0
+    stack: list[tuple[Any, float]] = [(obj, 1.0)]
+    total = 0.0
     while stack and budget > 0:
-        item = stack.pop()
+        item, weight = stack.pop()
         if id(item) in seen:
             continue
         seen.add(id(item))
         budget -= 1
-        nbytes = getattr(item, "nbytes", None)
-        if isinstance(nbytes, int) and not isinstance(item, type):
-            total += nbytes
-            continue
         try:
-            total += sys.getsizeof(item)
-        except TypeError:
+            nbytes = getattr(item, "nbytes", None)
+            own = sys.getsizeof(item)
+            attributes = hasattr(item, "__dict__")
+        except Exception:
+            continue  # a proxy whose attribute access raises: its size is unknown, not an error
+        if isinstance(nbytes, int) and not isinstance(item, type):
+            total += weight * nbytes
             continue
+        total += weight * own
         if isinstance(item, (dict, list, tuple, set, frozenset)):
             members = item.values() if isinstance(item, dict) else item
             if len(item) > budget:
                 sample = list(itertools.islice(members, _SAMPLE))
-                total += sum(estimate_size(m, 20) for m in sample) * len(item) // max(1, len(sample))
+                share = weight * len(item) / max(1, len(sample))
+                stack.extend((member, share) for member in sample)
                 continue
-            stack.extend(members)
-        elif hasattr(item, "__dict__") and not isinstance(item, (type, types.ModuleType, types.FunctionType)):
-            stack.append(vars(item))
-    return total
+            stack.extend((member, weight) for member in members)
+        elif attributes and not isinstance(item, (type, types.ModuleType, types.FunctionType)):
+            stack.append((getattr(item, "__dict__", None), weight))
+    return int(total)
 
 
 @dataclass

@@ -149,3 +149,45 @@ def test_agent_round_trip_through_real_kernels(tmp_path: Path) -> None:
                               "made", "by", "globals()", "49", "a", "True"], checks
     assert data_path.read_text() == "hello\nmore\n", "the file must never be truncated by a restore"
     assert restore_seconds < 30
+
+
+def stderr_of(messages: list[dict[str, Any]]) -> str:
+    return "".join(m["content"]["text"] for m in messages
+                   if m["msg_type"] == "stream" and m["content"]["name"] == "stderr")
+
+
+def test_a_comm_holding_the_kernel_is_recompute_only_and_never_breaks_the_hooks(tmp_path: Path) -> None:
+    """A Comm reaches the whole kernel: its size estimate once recursed without end in the
+    post_run_cell hook. It must only be marked recompute-only, and restores must still work."""
+    env = dict(os.environ)
+    env.update(
+        ELASTIC_PROXY_STORE=str(tmp_path / "store"),
+        ELASTIC_PROXY_SECRET_FILE=str(tmp_path / "secret"),
+        ELASTIC_PROXY_SESSION="e2e/agent-comm",
+        ELASTIC_PROXY_RESTORE="auto",
+        PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+    )
+    extension = ["--IPKernelApp.extensions=['elastic_proxy.inner_agent']"]
+    k1 = Kernel(env, extension)
+    try:
+        _, messages = k1.run("x = [1, 2]")
+        shown = [m for m in messages if m["msg_type"] in ("stream", "display_data", "execute_result")]
+        assert not shown, "a new session shows nothing in its first cell"
+        for cell in ("from comm import create_comm; c = create_comm(target_name='probe'); print(c.comm_id)",
+                     "c.comm_id", "y = len(x)", "%elastic sync"):
+            _, messages = k1.run(cell)
+            assert stderr_of(messages) == "", (cell, messages)
+        status = k1.stdout("print(__import__('elastic_proxy.inner_agent', fromlist=['x'])"
+                           ".get_agent(get_ipython()).checkpointer.status())")
+        assert "'last_error': None" in status and "'c': " in status.split("'unserializable'")[1], status
+    finally:
+        k1.shutdown()
+    k2 = Kernel(env, extension)
+    try:
+        _, messages = k2.run("print(x, y)")
+        assert stderr_of(messages) == "", messages
+        shown = [m["content"]["data"]["text/plain"] for m in messages if m["msg_type"] == "display_data"]
+        assert shown and shown[0].startswith("elastic: restored") and "x, y" in shown[0], shown
+        assert "[1, 2] 2" in "".join(m["content"].get("text", "") for m in messages), messages
+    finally:
+        k2.shutdown()

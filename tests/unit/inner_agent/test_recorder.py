@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from elastic_proxy.inner_agent.graph import CellExecution
-from elastic_proxy.inner_agent.recorder import Recorder
+from elastic_proxy.inner_agent.recorder import Recorder, estimate_size
 
 
 @pytest.fixture
@@ -72,3 +73,22 @@ def test_names_there_before_the_agent_are_taken_over_not_credited_to_a_cell(rec)
     assert "early" in rec.adopted and "early" in rec.fingerprints
     assert rec.graph.producers("early") == [], "no cell made it: it can only be loaded"
     assert "__name__" not in rec.fingerprints and "__builtins__" not in rec.fingerprints
+
+
+def test_size_estimate_of_a_cyclic_graph_of_big_containers_ends():
+    """A Comm holds the kernel, which reaches the whole process through big dicts that point
+    back at each other: nested sampling walks each with its own budget recursed forever."""
+    a: dict[int, dict] = {}
+    b: dict[int, dict] = {i: a for i in range(3000)}
+    a.update({i: b for i in range(3000)})
+    assert 0 < estimate_size(a) < 100 << 20
+
+
+def test_size_estimate_samples_big_containers_and_skips_what_cannot_be_asked():
+    class Proxy:
+        def __getattr__(self, name):
+            raise RuntimeError("not connected")
+
+    arrays = [np.zeros(1000) for _ in range(5000)]
+    assert estimate_size(arrays) == pytest.approx(5000 * 8000, rel=0.01)
+    assert estimate_size({"x": np.zeros(10**6), "p": Proxy()}) >= 8_000_000
