@@ -33,13 +33,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
 ELASTIC_SPEC = "python3-elastic"
 BASELINE_SPEC = "python3"
 SESSION = "bench/restore_bench.ipynb"
-TIMEOUT = 600.0
+TIMEOUT = 300.0  # per step: a hang is recorded as that case's failure, not the whole run's
 TARGET_RATIO = 1.5
 MiB = 1 << 20
 
@@ -96,6 +97,11 @@ def load_cell(path: str) -> str:
             "del _f")
 
 
+def log(message: str) -> None:
+    """Progress on stderr (the tables go to stdout), so a stuck step can be named."""
+    print(f"restore_bench {time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
+
+
 class CellFailed(RuntimeError):
     def __init__(self, code: str, content: dict[str, Any]) -> None:
         super().__init__(f"{content.get('ename')}: {content.get('evalue')} (cell {code[:60]!r})")
@@ -107,10 +113,13 @@ class Cell:
     reply: dict[str, Any]
     outputs: list[dict[str, Any]]
 
+    def stream(self, name: str) -> str:
+        return "".join(m["content"]["text"] for m in self.outputs
+                       if m["msg_type"] == "stream" and m["content"]["name"] == name)
+
     @property
     def stdout(self) -> str:
-        return "".join(m["content"]["text"] for m in self.outputs
-                       if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
+        return self.stream("stdout")
 
     def texts(self) -> list[str]:
         """text/plain of display outputs (the agent's restore report is one)."""
@@ -220,6 +229,8 @@ class Case:
     error: str | None = None
     #: phase -> seconds per run, for the breakdown under the table
     parts: dict[str, list[float]] = field(default_factory=dict)
+    #: cells the proxy re-ran before the first cell, per run (those completed after the checkpoint)
+    replayed: list[int] = field(default_factory=list)
 
     def median(self) -> float:
         return statistics.median(self.seconds)
@@ -265,17 +276,68 @@ def wait_committed(kc: BlockingKernelClient, names: list[str], timeout: float = 
 
 
 def note_restore(case: Case, first: Cell) -> None:
-    """Split a run into the agent's own restore time and everything else."""
+    """Split a run into the agent's own restore time and everything else; count the replayed cells."""
     restored = restore_seconds(first)
     if restored is None:
         raise RuntimeError(f"{case.label}: no restore report with the first cell: {first.texts()}")
     case.part("restore, as the agent reports it", restored)
     case.part("the rest (not the restore)", case.seconds[-1] - restored)
+    replay = re.search(r"Re-ran the cells completed after the checkpoint (.*?)\.", first.stream("stderr"))
+    case.replayed.append(replay.group(1).count("[") if replay else 0)
 
 
-def elastic_kill(bench: Bench, kc: BlockingKernelClient, case: Case, names: list[str]) -> None:
+def wait_settled(km: KernelManager, timeout: float = 60.0) -> int:
+    """Wait until the supervisor's children are idle, its warm spare (if it keeps one) included, as
+    they are when a crash comes long after the last one; returns how many children it has."""
+    supervisor = psutil.Process(km.provisioner.process.pid)
+    started = time.monotonic()
+    previous = None
+    while True:
+        children = supervisor.children()
+        cpu = 0.0
+        for child in children:
+            try:
+                times = child.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            cpu += times.user + times.system
+        idle = previous is not None and cpu - previous < 0.02
+        waited = time.monotonic() - started
+        if (idle and (len(children) >= 2 or waited > 5)) or waited > timeout:
+            return len(children)
+        previous = cpu
+        time.sleep(0.5)
+
+
+def wait_new_generation(kc: BlockingKernelClient, code: str, timeout: float = TIMEOUT) -> None:
+    """Run `code` and wait until the store has a newer valid generation, without running a cell."""
+    from elastic_proxy.store import open_store
+
+    store = open_store(session=SESSION)
+    before = store.latest()
+    run(kc, code)
+    deadline = time.monotonic() + timeout
+    while True:
+        latest = store.latest()
+        if latest is not None and (before is None or latest.generation > before.generation):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no checkpoint after {code!r} within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def elastic_kill(bench: Bench, km: KernelManager, kc: BlockingKernelClient, case: Case, names: list[str],
+                 mark: bool = False) -> None:
+    """With `mark`, a last cell binds a variable and the bench waits (reading the store, running no
+    cell) for its checkpoint, which then covers every completed cell: the proxy has nothing to re-run.
+    Without, the cells run since the last change (the checks, `%elastic sync`) are re-run."""
+    log(f"{case.label}: run {len(case.seconds) + 1}, waiting for the checkpoint")
     wait_committed(kc, names)
+    if mark:
+        wait_new_generation(kc, f"bench_mark = {len(case.seconds)}")
+    children = wait_settled(km)
     pid = child_pid(kc)
+    log(f"{case.label}: SIGKILL {pid} (the supervisor has {children} children)")
     start = time.perf_counter()
     os.kill(pid, signal.SIGKILL)
     first = run_until_ok(kc, bench.use, time.monotonic() + TIMEOUT)
@@ -284,14 +346,18 @@ def elastic_kill(bench: Bench, kc: BlockingKernelClient, case: Case, names: list
     if child_pid(kc) == pid:
         raise RuntimeError("the child pid did not change after SIGKILL")
     if not case.digests:
-        bench.notes.append("Restore report shown with the first cell after the first SIGKILL:\n\n```\n"
+        bench.notes.append("What the first cell after the first SIGKILL showed besides its output (stderr, "
+                           "then the restore report):\n\n```\n" + first.stream("stderr")
                            + "\n".join(first.texts()).strip() + "\n```")
     bench.check(kc, first, case)
 
 
 def elastic_restart(bench: Bench, km: KernelManager, kc: BlockingKernelClient, case: Case,
                     names: list[str]) -> None:
+    log(f"{case.label}: run {len(case.seconds) + 1}, waiting for the checkpoint")
     wait_committed(kc, names)
+    wait_settled(km)
+    log(f"{case.label}: restart_kernel()")
     start = time.perf_counter()
     km.restart_kernel(now=False)
     case.part("`restart_kernel()` call (shutdown + launch)", time.perf_counter() - start)
@@ -304,6 +370,7 @@ def elastic_restart(bench: Bench, km: KernelManager, kc: BlockingKernelClient, c
 
 def baseline(bench: Bench, fresh: Case, restart: Case) -> None:
     """A fresh plain ipykernel + pickle.load + the cell; then restart_kernel() + the same."""
+    log(f"baseline: run {len(fresh.seconds) + 1}")
     start = time.perf_counter()
     with started(BASELINE_SPEC) as (km, kc):
         fresh.part("kernel start -> ready", time.perf_counter() - start)
@@ -362,12 +429,12 @@ def ratio_cell(case: Case, base: Case) -> str:
     return f"{case.median() / base.median():.2f}x"
 
 
-def table(cases: list[Case], base: Case, kill: Case, expected: str) -> list[str]:
+def table(cases: list[Case], base: Case, targeted: list[Case], expected: str) -> list[str]:
     rows = ["| case | median (s) | min (s) | max (s) | runs | vs baseline | target | state correct |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for case in cases:
         target = "-"
-        if case is kill and case.seconds and base.seconds:
+        if any(case is t for t in targeted) and case.seconds and base.seconds:
             met = case.median() <= TARGET_RATIO * base.median()
             target = f"<= {TARGET_RATIO}x: {'met' if met else 'NOT met'}"
         correct = "-"
@@ -400,11 +467,13 @@ def main(argv: list[str] | None = None) -> int:
     use = use_cell(args.arrays, args.small)
     fresh = Case("baseline: fresh plain ipykernel + `pickle.load` of the state + the cell")
     kill = Case("elastic: SIGKILL of the child -> first ok cell on the restored state")
+    kill_marked = Case("elastic: the same, with a checkpoint after the last cell (nothing to re-run)")
     restart = Case("elastic: `restart_kernel()` -> first ok cell on the restored state")
     plain_restart = Case("plain ipykernel: `restart_kernel()` + `pickle.load` + the cell")
     with isolated_jupyter() as root:
         pickle_path = os.path.join(root, "state.pkl")
         with started(ELASTIC_SPEC, [f"--storm-limit={args.repeat + 5}"]) as (km, kc):
+            log(f"building {args.size_mb} MiB of state")
             run(kc, state_code)
             started_at = time.perf_counter()
             status = wait_committed(kc, names)
@@ -413,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
             run(kc, dump_cell(pickle_path))
             bench = Bench(use, run(kc, use).stdout, run(kc, DIGEST).stdout.strip(), pickle_path, [first_commit])
             for _ in range(args.repeat):
-                attempt(kill, elastic_kill, bench, kc, kill, names)
+                attempt(kill, elastic_kill, bench, km, kc, kill, names)
+                attempt(kill_marked, elastic_kill, bench, km, kc, kill_marked, names, True)
                 attempt(fresh, baseline, bench, fresh, plain_restart)
                 attempt(restart, elastic_restart, bench, km, kc, restart, names)
             if restart.error is None:
@@ -421,10 +491,10 @@ def main(argv: list[str] | None = None) -> int:
                                    f"the state again):\n\n```\n{wait_committed(kc, names).strip()}\n```")
         sizes = (f"pickle file {os.path.getsize(pickle_path) / MiB:.0f} MiB; "
                  f"store {du(os.path.join(root, 'store')) / MiB:.0f} MiB")
-    cases = [fresh, kill, restart, plain_restart]
+    cases = [fresh, kill, kill_marked, restart, plain_restart]
     print(f"Restore benchmark: {args.arrays} random float64 arrays, {args.size_mb} MiB in all, plus "
           f"{args.small} small variables; {args.repeat} runs per case, interleaved; warm page cache; {sizes}.\n")
-    print("\n".join(table(cases, fresh, kill, bench.expected_digest)))
+    print("\n".join(table(cases, fresh, [kill, kill_marked], bench.expected_digest)))
     print("\nState digest (xxh3_128 over every array's bytes and every small variable's repr): "
           f"{bench.expected_digest}")
     if restart.seconds and plain_restart.seconds:
@@ -433,8 +503,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\nWhere the time goes (medians, s):\n")
     for case in cases:
         if case.parts:
+            replayed = (f"; cells re-run by the proxy before it (completed after the checkpoint, changing no "
+                        f"variable) per run: {case.replayed}" if case.replayed else "")
             print(f"- {case.label}: " + ", ".join(f"{phase} {statistics.median(values):.2f}"
-                                                  for phase, values in case.parts.items()))
+                                                  for phase, values in case.parts.items()) + replayed)
     for note in bench.notes:
         print("\n" + note)
     failed = [c for c in cases if c.error] + [c for c in cases if any(d != bench.expected_digest for d in c.digests)]
