@@ -87,6 +87,8 @@ class Tracker:
         return set(self._prints)
 
 
+_CLASS_BOOKKEEPING = frozenset({"__dict__", "__weakref__", "__slotnames__"})
+
 def _path_of(cls: type) -> bytes:
     return f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', cls.__name__)}".encode()
 
@@ -591,18 +593,27 @@ class _Walker:
 
     def _code(self, code: types.CodeType) -> None:
         """Bytecode and constants, without the file name and line numbers, which differ from
-        one kernel process to the next for the same cell."""
+        one kernel process to the next for the same cell. Digested apart from the rest of the
+        walk: the compiler shares equal name tuples between the code objects of one cell, a
+        restored class gets them unshared, and back-references would read that as a change."""
         self._header(b"K", type(code))
-        self._push_all([code.co_code, code.co_consts, code.co_names, code.co_varnames, code.co_freevars,
-                        code.co_cellvars, code.co_flags, code.co_argcount, code.co_kwonlyargcount])
+        sub = _Walker()
+        sub.walk((code.co_code, code.co_consts, code.co_names, code.co_varnames, code.co_freevars,
+                  code.co_cellvars, code.co_flags, code.co_argcount, code.co_kwonlyargcount))
+        self.opaque_types += sub.opaque_types
+        self._emit(sub.result().digest)
 
     def _class(self, cls: type) -> None:
         """Library classes by name; the notebook's own classes with their attributes, since
-        class-level state (`Config.items.append(...)`) lives there."""
+        class-level state (`Config.items.append(...)`) lives there. Attributes in name order:
+        cloudpickle rebuilds a class `__dict__` in another order, and the same class must
+        fingerprint the same after a restore. `__slotnames__` is copyreg's cache, added to a
+        class the first time one of its instances is pickled: not state."""
         self._header(b"t", type(cls))
         self._emit(_type_path(cls))
         if cls.__module__ == _NOTEBOOK_MODULE and not isinstance(cls, types.GenericAlias):
-            own = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+            own = {k: v for k, v in sorted(vars(cls).items(), key=lambda item: str(item[0]))
+                   if k not in _CLASS_BOOKKEEPING}
             self.stack.append(own)
 
     def _reduced(self, obj: Any) -> None:

@@ -191,3 +191,66 @@ def test_a_comm_holding_the_kernel_is_recompute_only_and_never_breaks_the_hooks(
         assert "[1, 2] 2" in "".join(m["content"].get("text", "") for m in messages), messages
     finally:
         k2.shutdown()
+
+
+NOTEBOOK_CLASS = '''class Account:
+    """A notebook class: methods that share names, a property, class-level state."""
+    rate = 0.5
+    history = []
+
+    def __init__(self, owner):
+        self.owner = owner
+        self.total = 0
+
+    def add(self, amount):
+        self.total += amount
+        Account.history.append(amount)
+
+    def interest(self):
+        return self.total * self.rate
+
+    @property
+    def label(self):
+        return f"{self.owner}: {self.total}"
+
+acct = Account("ada")
+acct.add(10)'''
+
+
+def test_a_notebook_class_and_its_instance_fingerprint_the_same_after_a_restore(tmp_path: Path) -> None:
+    """cloudpickle rebuilds a class __dict__ in another order and unshares the name tuples its
+    methods' code objects share: neither may read as "differs" after a restore."""
+    env = dict(os.environ)
+    env.update(
+        ELASTIC_PROXY_STORE=str(tmp_path / "store"),
+        ELASTIC_PROXY_SECRET_FILE=str(tmp_path / "secret"),
+        ELASTIC_PROXY_SESSION="e2e/agent-class",
+        ELASTIC_PROXY_RESTORE="auto",
+        PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+    )
+    extension = ["--IPKernelApp.extensions=['elastic_proxy.inner_agent']"]
+    probe = ("import json as j_, elastic_proxy.inner_agent.fingerprint as f_\n"
+             "print(j_.dumps({n: f_.inspect(get_ipython().user_ns[n]).hex() for n in ('Account', 'acct')}))\n"
+             "del j_, f_")
+    k1 = Kernel(env, extension)
+    try:
+        k1.run(NOTEBOOK_CLASS)
+        k1.run("%elastic sync")
+        before = json.loads(k1.stdout(probe))
+    finally:
+        k1.shutdown()
+    k2 = Kernel(env, extension)
+    try:
+        k2.run("pass")
+        report = json.loads(k2.stdout(
+            "print(__import__('json').dumps(__import__('elastic_proxy.inner_agent', fromlist=['x'])"
+            ".get_agent(get_ipython()).last_report.to_json()))"
+        ))
+        after = json.loads(k2.stdout(probe))
+        checks = k2.stdout("print(type(acct) is Account, acct.label, acct.interest(), Account.history)")
+    finally:
+        k2.shutdown()
+    assert {"Account", "acct"} <= set(report["restored"]) | set(report["recomputed"]), report
+    assert not set(report["mismatched"]) & {"Account", "acct"}, report["mismatched"]
+    assert after == before
+    assert checks == "True ada: 10 5.0 [10]\n", checks
