@@ -5,7 +5,10 @@ A notebook state of --size-mb of random float64 arrays (nothing compresses or de
 `elastic-proxy install` in a private Jupyter dir and store, started by jupyter_client's
 KernelManager) and checkpointed; the bench waits until the checkpoint is committed (the store's
 newest valid manifest lists every variable and `%elastic status` shows nothing pending). Measured:
-- SIGKILL of the child -> the first ok reply of a cell that uses the whole state (sums every array);
+- SIGKILL of the child -> the first ok reply of a cell that uses the whole state (sums every array),
+  after check cells that changed nothing (the proxy re-runs them first), and again right after a
+  checkpointed change (nothing to re-run); each kill once the supervisor's children are idle (its
+  warm spare, if it keeps one, is up);
 - `KernelManager.restart_kernel()` of the elastic kernel -> the same cell's first ok reply;
 - baseline: a fresh plain ipykernel (kernelspec `python3` of this interpreter) started by
   KernelManager, then `pickle.load` of the same state from one file in the same directory as the
