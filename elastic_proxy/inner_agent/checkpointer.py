@@ -3,9 +3,13 @@
 Small changes are written inline. Large ones go to a copy-on-write snapshot: `os.fork()` from the
 main thread in the hook, the forked process pickles the changed alias groups through the store,
 commits the manifest, reports the GroupRefs on a pipe and `os._exit`s. The user's next cell
-starts at once. At most one snapshot (or inline write) is in flight, so generations never race;
-changes made meanwhile accumulate and go with the next one. A watcher thread (no SIGCHLD handler)
-reads the pipe, reaps the process and records the outcome; the hooks start the next snapshot.
+starts at once. One snapshot writes at a time (the writers serialize on `writer_lock`), so
+generations never race. A cell that changes state while a snapshot is being written gets a
+*follower*: a second snapshot, taken at that cell's boundary, that waits for the lock and then
+writes everything not yet committed. A kernel killed meanwhile loses nothing: both processes
+outlive it and commit. A newer cell replaces a follower still waiting (it has done no work), so
+there are never more than two. A watcher thread per writer (no SIGCHLD handler) reads its pipe,
+reaps it and records the outcome; the hooks start the next snapshot.
 
 The forked process touches no ZMQ socket, thread-owned lock or logging handler: it only pickles,
 writes files and writes to its pipe, then leaves with os._exit.
@@ -213,7 +217,10 @@ class Checkpointer:
         self._inflight: Job | None = None
         self._inflight_pid: int | None = None
         self._inflight_started = 0.0
-        self._finished: tuple[Job, Outcome] | None = None
+        self._follower: Job | None = None
+        self._follower_pid: int | None = None
+        self._abandoned: set[int] = set()
+        self._finished: list[tuple[Job, Outcome]] = []
         self._watcher: threading.Thread | None = None
         self._idle = threading.Event()
         self._idle.set()
@@ -245,8 +252,22 @@ class Checkpointer:
         """Collect a finished write, and start the next one if there is something to write."""
         self._collect()
         self._kill_if_hung()
-        if self._inflight is None and self.needs_commit:
+        if not self.needs_commit:
+            return
+        if self._inflight is None:
             self._start()
+        elif self._inflight.forked and self.allow_fork:
+            self._replace_follower()
+
+    def _replace_follower(self) -> None:
+        """Snapshot this cell boundary now, to be written after the snapshot in flight."""
+        if self._follower is not None and self._follower_pid is not None:
+            self._abandoned.add(id(self._follower))  # still waiting for the lock: nothing lost
+            try:
+                os.kill(self._follower_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._start(follower=True)
 
     def _kill_if_hung(self) -> None:
         """A writer stuck past WRITER_TIMEOUT (say, a lock inherited held at fork) would stop all
@@ -279,7 +300,7 @@ class Checkpointer:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
-            self._idle.wait(remaining)
+            self._idle.wait(0.1 if remaining is None else min(remaining, 0.1))
 
     def status(self) -> dict[str, Any]:
         inflight = self._inflight
@@ -302,10 +323,14 @@ class Checkpointer:
         }
 
     # writing ---------------------------------------------------------------------------------
-    def _start(self) -> None:
+    def _start(self, follower: bool = False) -> None:
         state = self._describe_state()
         groups, body, sizes = state.groups, state.body, state.sizes
         changed = set(self.changed)
+        if follower:  # what the writers ahead of it carry is not committed yet: include it
+            for ahead in (self._inflight, self._follower):
+                if ahead is not None:
+                    changed |= ahead.changed_names | {n for names in ahead.dirty.values() for n in names}
         dirty = {
             gid: names
             for gid, names in groups.items()
@@ -324,10 +349,14 @@ class Checkpointer:
             deferred={name for names in dirty.values() for name in names if name in state.deferred},
             previous=dict(state.previous),
             previous_refs={gid: self.groups[gid] for gid in dirty if self.groups.get(gid) is not None},
-            parent=self.parent,
+            parent=None if follower else self.parent,  # a follower's parent is whatever commits first
         )
         self.changed = set()
         self.needs_commit = False
+        if follower:
+            self._follower = job
+            self._follower_pid = self._start_forked(job, join_watcher=False)
+            return
         self._inflight = job
         self._inflight_started = time.perf_counter()
         self._idle.clear()
@@ -336,7 +365,7 @@ class Checkpointer:
         else:
             fork = prefer_fork(estimated, resident_bytes())
         if self.allow_fork and fork:
-            self._start_forked(job)
+            self._inflight_pid = self._start_forked(job)
         else:
             self._run_inline(job)
 
@@ -346,14 +375,14 @@ class Checkpointer:
         except Exception as exc:
             outcome = Outcome(error=describe_error(exc))
         with self._lock:
-            self._finished = (job, outcome)
+            self._finished.append((job, outcome))
         self._idle.set()
         self._announce(job, outcome)
         self._collect()
 
-    def _start_forked(self, job: Job) -> None:
+    def _start_forked(self, job: Job, join_watcher: bool = True) -> int:
         job.forked = True
-        if self._watcher is not None:
+        if join_watcher and self._watcher is not None:
             self._watcher.join(timeout=1.0)  # it may still be announcing: fork with no thread mid-call
         read_fd, write_fd = os.pipe()
         namespace = self._namespace()
@@ -365,11 +394,11 @@ class Checkpointer:
             _snapshot_process(self.store, namespace, job, read_fd, write_fd)
         os.close(write_fd)
         self.forks += 1
-        self._inflight_pid = pid
         self._watcher = threading.Thread(
             target=self._watch, args=(job, pid, read_fd), name="elastic-checkpoint-watch", daemon=True
         )
         self._watcher.start()
+        return pid
 
     def _watch(self, job: Job, pid: int, read_fd: int) -> None:
         chunks = []
@@ -385,9 +414,10 @@ class Checkpointer:
         except (ValueError, TypeError):
             outcome = Outcome(error=f"checkpoint process ended without a result ({_exit_reason(status)})")
         with self._lock:
-            self._finished = (job, outcome)
+            self._finished.append((job, outcome))
         self._idle.set()
-        self._announce(job, outcome)
+        if id(job) not in self._abandoned:
+            self._announce(job, outcome)
 
     def _announce(self, job: Job, outcome: Outcome) -> None:
         """Tell the supervisor at once (IOPub sends are thread-safe in ipykernel)."""
@@ -407,12 +437,23 @@ class Checkpointer:
 
     def _collect(self) -> None:
         with self._lock:
-            finished, self._finished = self._finished, None
-        if finished is None:
+            finished, self._finished = self._finished, []
+        for job, outcome in finished:
+            self._settle(job, outcome)
+
+    def _settle(self, job: Job, outcome: Outcome) -> None:
+        if id(job) in self._abandoned:
+            self._abandoned.discard(id(job))
             return
-        job, outcome = finished
-        self._inflight = None
-        self._inflight_pid = None
+        if job is self._follower:  # it overtook nothing: writers commit in lock order
+            self._follower, self._follower_pid = None, None
+        else:
+            self._inflight, self._inflight_pid = None, None
+            if self._follower is not None:  # the follower now writes (or soon will): it is in flight
+                self._inflight, self._inflight_pid = self._follower, self._follower_pid
+                self._follower, self._follower_pid = None, None
+                self._inflight_started = time.perf_counter()
+                self._idle.clear()
         if outcome.error is not None:
             self.last_error = outcome.error
             self.changed |= job.changed_names
