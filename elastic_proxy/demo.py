@@ -382,16 +382,6 @@ class Demo:
 
     def step2_kill(self, step: Step) -> None:
         assert self.kernel is not None
-        # The checkpoint of a large value is written in the background after its cell. A kill that
-        # lands before it is committed loses the cells since the last checkpoint whose re-run is
-        # unsafe (the user is told which): a known gap, see README "Known gaps". The demo waits for it
-        # and says how long it took.
-        synced = time.monotonic()
-        sync = self.kernel.run("%elastic sync")
-        if not sync.ok:
-            raise StepFailed(f"%elastic sync failed: {sync.reply.get('evalue')}")
-        self.say(f"    the agent's background checkpoint of those cells was on disk "
-                 f"{time.monotonic() - synced:.2f} s later (%elastic sync)")
         pid = self.kernel.child_pid()
         self.say(f"[2] SIGKILL the kernel child (pid {pid}, from usage_request) {KILL_DELAY} s into a long cell")
 
