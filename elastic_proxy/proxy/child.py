@@ -179,8 +179,16 @@ class KernelChild:
             self.memory_limit.remove()
 
 
+#: A unix socket path holds 107 bytes; the child's ipc files are named `<dir>/child<N>-<port>`.
+MAX_RUNTIME_DIR = 107 - len("/child9999-99999")
+
+
 def make_runtime_dir() -> str:
-    """A 0700 directory for the ipc sockets and the child's connection file."""
+    """A 0700 directory for the ipc sockets and the child's connection file.
+
+    Under the Jupyter runtime dir, unless that path is too long for a unix socket (deep home
+    directories, pytest's tmp_path): then under the system's temp dir.
+    """
     import tempfile
 
     from jupyter_core.paths import jupyter_runtime_dir
@@ -188,6 +196,9 @@ def make_runtime_dir() -> str:
     base = jupyter_runtime_dir()
     os.makedirs(base, mode=0o700, exist_ok=True)
     path = tempfile.mkdtemp(prefix="elastic-proxy-", dir=base)
+    if len(path) > MAX_RUNTIME_DIR:
+        os.rmdir(path)
+        path = tempfile.mkdtemp(prefix="elastic-proxy-")
     os.chmod(path, 0o700)
     return path
 

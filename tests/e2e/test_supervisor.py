@@ -441,3 +441,10 @@ def test_a_warm_spare_takes_over_after_a_death(kernel):
     assert run(kc, "print('on the spare')")[1][-1]["content"]["text"] == "on the spare\n"
     assert child_pid(kc) == spare
     assert wait_for(lambda: len(supervisor.children()) == 2, timeout=30), "no new spare after the takeover"
+
+
+def test_a_runtime_dir_too_long_for_unix_sockets_still_works(tmp_path):
+    deep = tmp_path / ("a-rather-long-runtime-directory-name-" * 3) / "runtime"
+    with elastic_kernel(env={"JUPYTER_RUNTIME_DIR": str(deep)}) as (_, kc):
+        reply, outputs = run(kc, "print('fine')")
+        assert reply["status"] == "ok" and stdout_of(outputs) == "fine\n"
