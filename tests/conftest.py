@@ -36,6 +36,7 @@ def jupyter_env(tmp_path_factory: pytest.TempPathFactory):
         "ELASTIC_PROXY_STORE": str(root / "store"),
         "ELASTIC_PROXY_SECRET_FILE": str(root / "secret"),
         "JUPYTER_PLATFORM_DIRS": "1",
+        "IPYTHONDIR": str(root / "ipython"),  # test kernels must not write the developer's history
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
