@@ -34,6 +34,8 @@ def load_ipython_extension(ip: Any) -> None:
     ip.register_magics(ElasticMagics(ip, agent))
     if os.environ.get("ELASTIC_PROXY_RESTORE", "off").lower() == "auto":
         agent.pending_report = agent.restore_or_report()
+    elif "ELASTIC_PROXY_RESTORE_SKIPPED" in os.environ:
+        agent.pending_report = agent.skipped_notice(os.environ["ELASTIC_PROXY_RESTORE_SKIPPED"])
     agent.start()
 
 

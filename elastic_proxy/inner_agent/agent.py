@@ -13,19 +13,21 @@ import sys
 import time
 import types
 from collections import ChainMap, deque
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Collection, Mapping
+from typing import Any, Union
 
 from .checkpointer import Checkpointer, State
 from .optimizer import NOMINAL_BANDWIDTH
 from .recorder import Recorder, estimate_size
-from .restore import RestoreReport, restore_session
+from .restore import NO_CHECKPOINT, RestoreReport, restore_session
+from .skipped import SkippedRestore, skipped_restore
 from .writer_lock import wait_for_writers
 
 MESSAGE_CHECKPOINT = "elastic_checkpoint"
 CELL_SEGMENT = 64
 OUT_MAX_BYTES = 16 << 20
 MESSAGE_RESTORE = "elastic_restore"
+Notice = Union[RestoreReport, SkippedRestore]
 
 #: How long a restore waits for a checkpoint writer that outlived its kernel (then it takes what is there).
 WRITER_WAIT_SECONDS = 60.0
@@ -64,8 +66,11 @@ class Agent:
             on_fingerprints=self._accept_fingerprints,
         )
         self.recorder.listeners.append(self._on_cell)
-        self.pending_report: RestoreReport | None = None
+        self.pending_report: Notice | None = None
         self.last_report: RestoreReport | None = None
+        self.skipped_generation: int | None = None
+        """The generation a skipped restore listed: `%elastic restore --skip` restores that one,
+        even after cells of the new child have committed newer generations."""
         self._parent: Any = None
         self._pre_seconds = 0.0
         self.overhead: deque[float] = deque(maxlen=1000)
@@ -206,13 +211,14 @@ class Agent:
         self.recorder.accept_fingerprints({n: (bytes.fromhex(h), bool(o)) for n, (h, o) in prints.items()})
 
     # restore ---------------------------------------------------------------------------------
-    def restore(self, generation: int | None = None) -> RestoreReport:
+    def restore(self, generation: int | None = None, skip: Collection[str] = ()) -> RestoreReport:
         """Restore into the shell and continue recording from the restored state."""
         self.checkpointer.wait(timeout=60)
         wait_for_writers(self.store, timeout=WRITER_WAIT_SECONDS)  # a dead kernel's writer may be finishing
         self.recorder.paused = True
         try:
-            restored = restore_session(self.shell, self.store, generation, progress=self._publish_progress)
+            restored = restore_session(self.shell, self.store, generation, progress=self._publish_progress,
+                                       skip=skip)
         finally:
             self.recorder.paused = False
         rec = self.recorder
@@ -235,7 +241,17 @@ class Agent:
             self.last_report = report
             return report
 
-    def time_travel(self, cell: int) -> RestoreReport:
+    def skipped_notice(self, reason: str) -> SkippedRestore:
+        """The supervisor skipped the restore (ELASTIC_PROXY_RESTORE_SKIPPED): say why and list
+        the newest checkpoint's biggest variables, for `%elastic restore --skip`."""
+        try:
+            notice = skipped_restore(self.store, reason)
+        except Exception as exc:  # the kernel must start with its agent even so
+            notice = SkippedRestore(f"{reason} (and the checkpoints could not be read: {exc})")
+        self.skipped_generation = notice.generation
+        return notice
+
+    def time_travel(self, cell: int, skip: Collection[str] = ()) -> RestoreReport:
         """The state after cell N: the newest valid generation whose last cell is <= N."""
         self.checkpointer.wait(timeout=60)
         target = None
@@ -247,8 +263,27 @@ class Agent:
             report = RestoreReport(session=self.store.session)
             report.notes.append(f"no checkpoint at or before cell [{cell}]")
             return report
+        return self._replace_namespace(target, skip)
+
+    def restore_skipping(self, skip: Collection[str]) -> RestoreReport:
+        """`%elastic restore --skip NAME ...`: the generation a skipped restore listed (else the
+        newest), without those variables, in place of the current namespace."""
+        self.checkpointer.wait(timeout=60)
+        target = self.skipped_generation
+        if target is None:
+            newest = self.store.latest()
+            target = None if newest is None else newest.generation
+        if target is None or not self.store.read_manifest(target).valid:
+            report = RestoreReport(session=self.store.session)
+            report.notes.append(NO_CHECKPOINT if target is None else f"generation {target} is no longer valid")
+            return report
+        return self._replace_namespace(target, skip)
+
+    def _replace_namespace(self, generation: int, skip: Collection[str] = ()) -> RestoreReport:
+        """The user's names give way to a restored generation; the result is committed as the
+        newest generation, so the next restore starts from it."""
         self._clear_user_names()
-        report = self.restore(target)
+        report = self.restore(generation, skip)
         self.recorder.discard_pending()
         self.checkpointer.needs_commit = True
         self.checkpointer.poll()
@@ -258,6 +293,7 @@ class Agent:
         """Forget this session's checkpoints and clear the namespace."""
         self.checkpointer.wait(timeout=60)
         self.store.forget()
+        self.skipped_generation = None
         self._clear_user_names()
         self.recorder.reset()
         self.checkpointer.reset()

@@ -1,4 +1,5 @@
-"""`%elastic status | checkpoints | restore N | reset | sync`: text in a terminal, HTML in JupyterLab."""
+"""`%elastic status | checkpoints | restore N | restore [N] --skip NAME ... | reset | sync`: text in a
+terminal, HTML in JupyterLab."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from typing import Any
 
 from IPython.core.magic import Magics, line_magic, magics_class
 
-USAGE = "usage: %elastic [status | checkpoints | restore N | reset | sync]"
+USAGE = """usage: %elastic [status | checkpoints | restore N | restore [N] --skip NAME [NAME ...] | reset | sync]
+  status                     the last checkpoint, what is being written, what cannot be stored
+  checkpoints                this session's generations
+  restore N                  time travel: the state after cell N
+  restore --skip NAME ...    restore the newest checkpoint (after a skipped restore: the one listed)
+                             without the named variables; they and what needs them are reported lost
+  restore N --skip NAME ...  the state after cell N, without the named variables
+  reset                      delete this session's checkpoints and clear the namespace
+  sync                       wait until everything is checkpointed"""
 
 
 def _table(title: str, rows: list[tuple[str, str]]) -> dict[str, str]:
@@ -56,6 +65,15 @@ def checkpoints_bundle(agent: Any) -> dict[str, str]:
     return _table(f"elastic checkpoints of {agent.store.session}", rows or [("", "none")])
 
 
+def parse_skip(args: list[str]) -> tuple[int | None, list[str]] | None:
+    """`[N] --skip NAME [NAME ...]` -> (N or None, names); None when malformed."""
+    where = args.index("--skip")
+    before, names = args[:where], args[where + 1 :]
+    if not names or "--skip" in names or len(before) > 1 or (before and not before[0].isdigit()):
+        return None
+    return (int(before[0]) if before else None), names
+
+
 @magics_class
 class ElasticMagics(Magics):
     def __init__(self, shell: Any, agent: Any) -> None:
@@ -64,7 +82,10 @@ class ElasticMagics(Magics):
 
     @line_magic
     def elastic(self, line: str) -> None:
-        """Checkpoint status, the list of checkpoints, time travel, reset."""
+        """Checkpoint status, the list of checkpoints, time travel, restore without some variables, reset.
+
+        %elastic [status | checkpoints | restore N | restore [N] --skip NAME [NAME ...] | reset | sync]
+        """
         args = shlex.split(line)
         command = args[0] if args else "status"
         agent = self.agent
@@ -73,6 +94,14 @@ class ElasticMagics(Magics):
             agent.display(status_bundle(agent))
         elif command == "checkpoints":
             agent.display(checkpoints_bundle(agent))
+        elif command == "restore" and "--skip" in args:
+            parsed = parse_skip(args[1:])
+            if parsed is None:
+                print(USAGE)
+                return
+            cell, names = parsed
+            report = agent.restore_skipping(names) if cell is None else agent.time_travel(cell, names)
+            agent.display(report.mimebundle())
         elif command == "restore" and len(args) == 2 and args[1].isdigit():
             agent.display(agent.time_travel(int(args[1])).mimebundle())
         elif command == "reset":

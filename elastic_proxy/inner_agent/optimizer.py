@@ -113,10 +113,17 @@ def implication_graph(graph: SessionGraph, groups: Mapping[str, GroupCost]) -> n
     return implies
 
 
-def plan(graph: SessionGraph, groups: Mapping[str, GroupCost]) -> Plan:
-    """Choose, per alias group, migrate or recompute at minimum total estimated time."""
+def plan(
+    graph: SessionGraph, groups: Mapping[str, GroupCost], *, blocked_cells: Mapping[int, str] | None = None
+) -> Plan:
+    """Choose, per alias group, migrate or recompute at minimum total estimated time.
+
+    `blocked_cells` adds cells that may not re-run this time, with the reason, which comes first
+    (a restore that skips variables at the user's request never re-runs the cells that make or
+    read them, and says so)."""
     implies = implication_graph(graph, groups)
     blocked = {index: forbidden_reason(graph, index) for index in graph.cells}
+    blocked.update({index: why for index, why in (blocked_cells or {}).items() if index in blocked})
     result = Plan()
     lost_groups: set[str] = set()
     for gid, group in sorted(groups.items()):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -22,6 +22,7 @@ from .optimizer import GroupCost, Plan, plan
 
 _GENERATOR_FRESH = "GEN_CREATED"
 NO_CHECKPOINT = "no checkpoint for this session"
+SKIPPED_BY_USER = "skipped at your request"
 TRUST_LOADED_ABOVE = 16 << 20
 """A loaded value this big is not fingerprinted again: every byte of it was just checked against
 its blake3 address, and the recorded fingerprint describes exactly those bytes. Hashing 1 GB a
@@ -125,9 +126,12 @@ class Restored:
     names: list[str]
 
 
-def restore(shell: Any, store: Any, generation: int | None = None) -> RestoreReport:
-    """Agent API: restore the newest valid generation (or `generation`) into `shell.user_ns`."""
-    return restore_session(shell, store, generation).report
+def restore(
+    shell: Any, store: Any, generation: int | None = None, skip: Collection[str] = ()
+) -> RestoreReport:
+    """Agent API: restore the newest valid generation (or `generation`) into `shell.user_ns`,
+    without the variables named in `skip` (neither loaded nor recomputed)."""
+    return restore_session(shell, store, generation, skip=skip).report
 
 
 def restore_session(
@@ -135,12 +139,13 @@ def restore_session(
     store: Any,
     generation: int | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    skip: Collection[str] = (),
 ) -> Restored:
     started = time.perf_counter()
     report = RestoreReport(session=getattr(store, "session", ""))
     for manifest in _candidates(store, generation, report):
         try:
-            restored = _restore_manifest(shell, store, manifest, report, progress)
+            restored = _restore_manifest(shell, store, manifest, report, progress, frozenset(skip))
         except (IntegrityError, StoreError) as exc:
             report.notes.append(
                 f"generation {manifest.generation} failed verification ({exc}); trying the previous one"
@@ -200,6 +205,7 @@ def _restore_manifest(
     manifest: Any,
     report: RestoreReport,
     progress: Callable[[str, int, int], None] | None,
+    skip: frozenset[str] = frozenset(),
 ) -> Restored:
     body = manifest.body
     refs = manifest.groups()
@@ -207,7 +213,11 @@ def _restore_manifest(
     graph = SessionGraph.from_json({"cells": cell_log(store, body)})
     lost: dict[str, str] = {}
     groups = _group_costs(body, refs, lost)
-    the_plan = plan(graph, groups)
+    blocked = _skip_groups(graph, groups, skip, lost)
+    unknown = sorted(skip - set(variables))
+    if unknown:
+        report.notes.append(f"not in generation {manifest.generation}, so not skipped: " + ", ".join(unknown))
+    the_plan = plan(graph, groups, blocked_cells=blocked)
     lost.update(the_plan.lost)
 
     total = sum(refs[gid].size for gid in the_plan.migrate)
@@ -288,6 +298,33 @@ def _restore_manifest(
     problems = {gid: "not serializable" for gid, ref in refs.items() if ref is None}
     names = [n for n in variables if n in ns]
     return Restored(report, graph, prints, dict(manifest.get("groups", {})), problems, names)
+
+
+def _skip_groups(
+    graph: SessionGraph, groups: dict[str, GroupCost], skip: frozenset[str], lost: dict[str, str]
+) -> dict[int, str]:
+    """Take the skipped variables out of the plan: their alias groups are neither loaded (a
+    group is one pickle, loaded whole) nor rebuilt, and the cells that make or read them may
+    not re-run (that would bring back what was skipped, often to run out of memory again).
+    Returns those cells with the reason, for the planner."""
+    dropped: set[str] = set()
+    for gid, group in list(groups.items()):
+        named = sorted(group.names & skip)
+        if not named:
+            continue
+        del groups[gid]
+        dropped |= group.names
+        for name in group.names:
+            lost[name] = SKIPPED_BY_USER if name in skip else (
+                f"shares its objects with skipped {', '.join(named)} (stored together, loaded together)"
+            )
+    blocked: dict[int, str] = {}
+    for index, cell in graph.cells.items():
+        made, read = sorted(cell.written & dropped), sorted(cell.reads & dropped)
+        if made or read:
+            how = f"makes skipped {', '.join(made)}" if made else f"reads skipped {', '.join(read)}"
+            blocked[index] = f"its cell [{cell.execution_count}] {how}"
+    return blocked
 
 
 def cell_log(store: Any, body: Mapping[str, Any]) -> list[dict[str, Any]]:

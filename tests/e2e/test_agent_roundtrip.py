@@ -254,3 +254,47 @@ def test_a_notebook_class_and_its_instance_fingerprint_the_same_after_a_restore(
     assert not set(report["mismatched"]) & {"Account", "acct"}, report["mismatched"]
     assert after == before
     assert checks == "True ada: 10 5.0 [10]\n", checks
+
+
+def test_a_kernel_whose_restore_was_skipped_lists_the_largest_and_restores_without_them(tmp_path: Path) -> None:
+    """What the supervisor starts after a child died of memory while restoring:
+    ELASTIC_PROXY_RESTORE=off and ELASTIC_PROXY_RESTORE_SKIPPED=<reason>."""
+    env = dict(os.environ)
+    env.update(
+        ELASTIC_PROXY_STORE=str(tmp_path / "store"),
+        ELASTIC_PROXY_SECRET_FILE=str(tmp_path / "secret"),
+        ELASTIC_PROXY_SESSION="e2e/agent-skip",
+        ELASTIC_PROXY_RESTORE="auto",
+        PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+    )
+    extension = ["--IPKernelApp.extensions=['elastic_proxy.inner_agent']"]
+    k1 = Kernel(env, extension)
+    try:
+        for cell in ("import numpy as np", "big = np.random.rand(40_000_000)", "small = {'a': [1, 2, 3]}",
+                     "medium = np.arange(1_000_000)", "%elastic sync"):
+            k1.run(cell)
+    finally:
+        k1.shutdown()
+    env.update(ELASTIC_PROXY_RESTORE="off",
+               ELASTIC_PROXY_RESTORE_SKIPPED="restoring the last checkpoint ran out of memory")
+    k2 = Kernel(env, extension)
+    try:
+        _, messages = k2.run("print('big' in globals())")
+        shown = [m["content"]["data"] for m in messages if m["msg_type"] == "display_data"]
+        assert len(shown) == 1 and "text/html" in shown[0], messages
+        text = shown[0]["text/plain"]
+        assert text.startswith("elastic: the restore was skipped: restoring the last checkpoint ran out of memory")
+        rows = [line.split() for line in text.split("largest variables:")[1].splitlines()[1:4]]
+        assert rows[0][:3] == ["big", "numpy.ndarray", "305.2"] and rows[1][:2] == ["medium", "numpy.ndarray"], text
+        assert "%elastic restore --skip big" in text and "%elastic reset" in text, text
+        assert k2.stdout("print('big' in globals())") == "False\n"
+        _, messages = k2.run("%elastic restore --skip big")
+        report = next(m["content"]["data"]["text/plain"] for m in messages if m["msg_type"] == "display_data")
+        assert "LOST big: skipped at your request" in report, report
+        checks = k2.stdout("print('big' in globals(), small, int(medium.sum()), np.__name__)")
+        assert checks == "False {'a': [1, 2, 3]} 499999500000 numpy\n", checks
+        loaded = k2.stdout("print(__import__('elastic_proxy.inner_agent', fromlist=['x'])"
+                           ".get_agent(get_ipython()).last_report.bytes_loaded)")
+        assert int(loaded) < 20 << 20, "the skipped array must not be read at all"
+    finally:
+        k2.shutdown()

@@ -210,3 +210,19 @@ def test_plan_scales_to_two_thousand_cells():
     started = time.perf_counter()
     plan(g, groups)
     assert time.perf_counter() - started < 10
+
+
+def test_blocked_cells_are_never_rerun_and_their_reason_comes_first():
+    g = graph_of(
+        cell(0, runtime=0.001, created={"big"}, nondeterministic=("random",)),
+        cell(1, runtime=0.001, reads={"big"}, created={"gen"}),
+        cell(2, runtime=0.001, created={"cheap"}),
+    )
+    groups = {"gen": GroupCost(frozenset({"gen"}), 0, serializable=False),
+              "cheap": GroupCost(frozenset({"cheap"}), 1000 * MB)}
+    assert plan(g, groups).recompute == {"gen", "cheap"}
+    blocked = {0: "its cell [1] makes skipped big", 1: "its cell [2] reads skipped big",
+               2: "its cell [3] reads skipped x"}
+    p = plan(g, groups, blocked_cells=blocked)
+    assert p.lost == {"gen": "not serializable, and its cell [2] reads skipped big"}
+    assert p.migrate == {"cheap"} and p.rerun_cells == []
