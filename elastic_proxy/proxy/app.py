@@ -26,6 +26,32 @@ from elastic_proxy.proxy.state import StormGuard
 from elastic_proxy.proxy.supervisor import Supervisor, run_supervisor
 
 
+def split_child_arguments(argv: list[str], known: set[str]) -> tuple[list[str], list[str]]:
+    """(the supervisor's arguments, those for the child).
+
+    jupyter_client appends a kernelspec's `extra_arguments` (e.g. `--profile-dir DIR`) to the
+    command line of the process it starts: options the supervisor does not know are the child's,
+    as they would be for a kernel started directly.
+    """
+    ours: list[str] = []
+    child: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name = token.lstrip("-").split("=", 1)[0]
+        if not token.startswith("-") or name in known or name.split(".", 1)[0] in ("SupervisorApp", "Application",
+                                                                                   "JupyterApp"):
+            ours.append(token)
+        else:
+            child.append(token)
+            takes_value = "=" not in token and i + 1 < len(argv) and not argv[i + 1].startswith("-")
+            if takes_value:
+                i += 1
+                child.append(argv[i])
+        i += 1
+    return ours, child
+
+
 class SupervisorApp(JupyterApp):
     name = "elastic_proxy"
     description = "The elastic-proxy kernel supervisor: owns the client's channels and respawns its child."
@@ -70,6 +96,14 @@ class SupervisorApp(JupyterApp):
         "debug": ({"Application": {"log_level": logging.DEBUG}}, "Log debug messages."),
     }
 
+    child_arguments: list[str] = []
+
+    def parse_command_line(self, argv: list[str] | None = None) -> None:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        known = {*self.aliases, *self.flags, "help", "help-all", "version", "h"}
+        ours, self.child_arguments = split_child_arguments(argv, known)
+        super().parse_command_line(ours)
+
     @default("session")
     def _session_default(self) -> str:
         return os.environ.get("ELASTIC_PROXY_SESSION") or os.environ.get("JPY_SESSION_NAME", "")
@@ -109,6 +143,7 @@ class SupervisorApp(JupyterApp):
                 if limit.warning:
                     self.log.warning("%s", limit.warning)
             return KernelChild(specs=specs, kernel_name=kernel_name, runtime_dir=runtime_dir,
+                               extra_arguments=self.child_arguments,
                                generation=generation, env=self.child_env(generation, skip_restore_reason, spare),
                                cwd=os.getcwd(),
                                memory_limit=limit)

@@ -73,7 +73,8 @@ class KernelChild:
     """A single child generation: its KernelManager, process, key and socket addresses."""
 
     def __init__(self, *, specs: ChildSpecs, kernel_name: str, runtime_dir: str, generation: int,
-                 env: dict[str, str], cwd: str | None, memory_limit: Any = None) -> None:
+                 env: dict[str, str], cwd: str | None, memory_limit: Any = None,
+                 extra_arguments: list[str] | None = None) -> None:
         self.generation = generation
         self.memory_limit = memory_limit
         prefix = os.path.join(runtime_dir, f"child{generation}")
@@ -83,6 +84,7 @@ class KernelChild:
         )
         self._env = env
         self._cwd = cwd
+        self._extra_arguments = list(extra_arguments or [])
         self._parent_pid = os.getpid()
         self._libc = ctypes.CDLL(None, use_errno=True)
         self.process: Any = None
@@ -120,7 +122,8 @@ class KernelChild:
 
     async def start(self) -> None:
         try:
-            await self.km.start_kernel(env=self._env, cwd=self._cwd, preexec_fn=self._preexec)
+            await self.km.start_kernel(env=self._env, cwd=self._cwd, preexec_fn=self._preexec,
+                                       extra_arguments=self._extra_arguments)
         except NoSuchKernel as err:
             raise RuntimeError(f"the wrapped kernelspec is not installed: {err}") from None
         self.process = self.km.provisioner.process

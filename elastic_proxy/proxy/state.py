@@ -16,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from elastic_proxy.proxy.wire import WireMessage, new_message
+from elastic_proxy.proxy.wire import PROTOCOL_VERSION, WireMessage, new_message
 
 SHELL = "shell"
 CONTROL = "control"
@@ -506,10 +506,16 @@ class ProtocolState:
         if not _expects_reply(msg.msg_type):
             return [self._status("busy", msg), self._status("idle", msg)]
         reply_type = msg.msg_type.rsplit("_", 1)[0] + "_reply"
+        content: dict[str, Any] = {"status": "aborted"}
+        if msg.msg_type == "kernel_info_request":
+            # Clients read these fields from any kernel_info_reply (wait_for_ready does): say why instead.
+            content = {"status": "error", "protocol_version": PROTOCOL_VERSION, "implementation": "elastic-proxy",
+                       "implementation_version": "", "language_info": {"name": self.child_language},
+                       "banner": f"elastic-proxy: no kernel: {cause}", "ename": "KernelDied", "evalue": cause}
         return [
             self._status("busy", msg),
-            self._new(channel, reply_type, {"status": "aborted"}, parent=msg, idents=msg.idents,
-                      metadata={"status": "aborted"}),
+            self._new(channel, reply_type, content, parent=msg, idents=msg.idents,
+                      metadata={"status": content["status"]}),
             self._status("idle", msg),
         ]
 

@@ -448,3 +448,19 @@ def test_a_runtime_dir_too_long_for_unix_sockets_still_works(tmp_path):
     with elastic_kernel(env={"JUPYTER_RUNTIME_DIR": str(deep)}) as (_, kc):
         reply, outputs = run(kc, "print('fine')")
         assert reply["status"] == "ok" and stdout_of(outputs) == "fine\n"
+
+
+def test_extra_arguments_reach_the_child(tmp_path):
+    """jupyter_client appends extra_arguments to the kernel's command line: they are the child's."""
+    (tmp_path / "profile").mkdir()
+    km = KernelManager(kernel_name=KERNEL_NAME)
+    km.start_kernel(extra_arguments=["--profile-dir", str(tmp_path / "profile")])
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        _, outputs = run(kc, "print(get_ipython().profile_dir.location)")
+        assert stdout_of(outputs) == f"{tmp_path / 'profile'}\n"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

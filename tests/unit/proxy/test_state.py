@@ -447,3 +447,13 @@ def test_cells_the_agent_calls_unsafe_are_not_replayed_and_the_user_is_told():
     notice, _ = state.child_message(SHELL, from_child("execute_reply", {"status": "ok"}, replays[0].msg, []))
     text = notice.msg.content["text"]
     assert "[4]" in text and "[2] (it is nondeterministic)" in text and "[3] (it opens a file for writing)" in text
+
+
+def test_kernel_info_aborted_when_no_child_could_start_still_has_the_fields_clients_read():
+    state = ProtocolState()
+    state.child_started()
+    req = request("kernel_info_request")
+    state.client_message(SHELL, req)
+    actions = state.child_died("The kernel child could not be started: boom", respawn=False)
+    reply = sends(actions, channel=SHELL)[0]
+    assert reply.msg.content["protocol_version"] and "boom" in reply.msg.content["banner"]
