@@ -57,12 +57,6 @@ EXPECTED_FAILURES: dict[str, Expected] = {
                "routing idents, where a directly connected kernel sees only the client's.",
         since="7.0",
     ),
-    "test_kernel::test_sys_path_profile_dir": Expected(
-        evidence="Kernel died before replying to kernel_info",
-        reason="jupyter_client appends the test's extra_arguments (--profile-dir DIR) to the proxy's "
-               "command line; the supervisor does not forward unknown arguments to its child and "
-               "exits with a usage error.",
-    ),
 }
 
 
