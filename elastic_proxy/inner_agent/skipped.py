@@ -55,7 +55,9 @@ class SkippedRestore:
         type_width = max((len(kind) for _, kind, _ in self.largest), default=0)
         lines.extend(f"    {name:<{width}}  {kind:<{type_width}}  {size / MIB:10.1f} MiB"
                      for name, kind, size in self.largest)
-        lines.extend(f"  {command}   {what}" for command, what in self.commands())
+        commands = self.commands()
+        command_width = max(len(command) for command, _ in commands)
+        lines.extend(f"  {command:<{command_width}}   {what}" for command, what in commands)
         return "\n".join(lines)
 
     __str__ = to_text
