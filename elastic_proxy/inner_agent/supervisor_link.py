@@ -24,6 +24,15 @@ _DESTRUCTIVE_CALLS = frozenset({
 })
 
 
+#: Attribute names of calls that start processes (`!cmd` becomes `get_ipython().system(...)`).
+_PROCESS_CALLS = frozenset({"system", "popen", "Popen", "check_call", "check_output", "spawnl", "spawnv", "execv",
+                            "execvp", "getoutput", "getstatusoutput", "run_line_magic", "run_cell_magic"})
+#: ... and calls that reach a network peer or write to a database: a re-run would repeat them.
+_OUTSIDE_WORLD_CALLS = frozenset({"connect", "create_connection", "urlopen", "sendall", "sendto", "send", "post",
+                                  "put", "patch", "delete", "execute", "executemany", "executescript", "commit",
+                                  "to_sql", "insert_one", "insert_many", "update_one", "delete_one"})
+
+
 def _dotted(node: ast.AST) -> str:
     if isinstance(node, ast.Name):
         return node.id
@@ -52,9 +61,11 @@ def _writes_files(code: str) -> str | None:
                 return "it opens a file with a mode computed at run time"
         if name in _DESTRUCTIVE_CALLS or name.rsplit(".", 1)[-1] in _DESTRUCTIVE_CALLS:
             return f"it calls {name}(), which writes or deletes files"
-        if name in ("os.system", "subprocess.run", "subprocess.call", "subprocess.Popen", "subprocess.check_call",
-                    "subprocess.check_output"):
-            return f"it runs a process ({name})"
+        method = name.rsplit(".", 1)[-1] or getattr(node.func, "attr", "")
+        if name.startswith("subprocess.") or method in _PROCESS_CALLS:
+            return f"it runs a process or shell command ({name or method})"
+        if method in _OUTSIDE_WORLD_CALLS:
+            return f"it talks to the outside world ({name or method}: network or database)"
     return None
 
 

@@ -28,6 +28,11 @@ def test_safe_cells(code):
     ("import shutil\nshutil.rmtree('d')", "writes or deletes files"),
     ("df.to_csv('out.csv')", "writes or deletes files"),
     ("import subprocess\nsubprocess.run(['ls'])", "runs a process"),
+    ("__import__('os').system('echo appended >> LOG')", "runs a process"),
+    ("get_ipython().system('ls')", "runs a process"),
+    ("__import__('socket').create_connection(('127.0.0.1', 80)).close()", "outside world"),
+    ("import requests\nrequests.post('http://x', json={})", "outside world"),
+    ("con.execute('insert into t values (1)')\ncon.commit()", "outside world"),
 ])
 def test_unsafe_cells_say_why(code, reason):
     assert reason in unsafe_to_rerun(code)
