@@ -302,36 +302,22 @@ def test_no_restarting_status_is_ever_published(kernel):
     assert "restarting" not in states and "starting" not in states
 
 
-def test_requests_queued_behind_a_killed_cell_are_aborted(kernel):
+@pytest.mark.parametrize("stop_on_error, second", [(True, "aborted"), (False, "ok")])
+def test_requests_queued_behind_a_killed_cell(kernel, stop_on_error, second):
+    """With stop_on_error (the default) they are aborted, as ipykernel does; without it they run on the new child."""
     _, kc = kernel
     run(kc, "1")  # the child is up, so the first cell really starts before the kill
     pid = child_pid(kc)
-    first = kc.execute("import time; time.sleep(30)")
-    second = kc.execute("print('should not run')")
-    time.sleep(0.5)
-    os.kill(pid, signal.SIGKILL)
-    replies = {}
-    while len(replies) < 2:
-        msg = kc.get_shell_msg(timeout=30)
-        replies[msg["parent_header"]["msg_id"]] = msg["content"]
-    assert replies[first]["status"] == "error"
-    assert replies[second]["status"] == "aborted"
-
-
-def test_requests_queued_without_stop_on_error_run_on_the_new_child(kernel):
-    _, kc = kernel
-    run(kc, "1")  # the child is up, so the first cell really starts before the kill
-    pid = child_pid(kc)
-    first = kc.execute("import time; time.sleep(30)", stop_on_error=False)
-    second = kc.execute("print('ran on the new child')")
+    first_id = kc.execute("import time; time.sleep(30)", stop_on_error=stop_on_error)
+    second_id = kc.execute("print('after')")
     time.sleep(0.5)
     os.kill(pid, signal.SIGKILL)
     replies = {}
     while len(replies) < 2:
         msg = kc.get_shell_msg(timeout=60)
         replies[msg["parent_header"]["msg_id"]] = msg["content"]
-    assert replies[first]["status"] == "error"
-    assert replies[second]["status"] == "ok"
+    assert replies[first_id]["status"] == "error"
+    assert replies[second_id]["status"] == second
 
 
 def test_comms_open_before_a_death_are_closed(kernel):
