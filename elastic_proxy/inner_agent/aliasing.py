@@ -19,6 +19,8 @@ import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .process_objects import process_object_types
+
 __all__ = ["AliasGroups", "reachable_ids"]
 
 _ATOMS = frozenset({type(None), bool, int, float, complex, str, bytes, range, type(Ellipsis)})
@@ -53,6 +55,7 @@ def reachable_ids(
     stack = [obj]
     numpy = sys.modules.get("numpy")
     skip = {_BUILTINS_DICT_ID} if namespace is None else {_BUILTINS_DICT_ID, id(namespace)}
+    stop_types = _STOP_TYPES + process_object_types()
     while stack:
         item = stack.pop()
         kind = type(item)
@@ -64,7 +67,7 @@ def reachable_ids(
         seen.add(ident)
         if len(seen) > max_objects:
             return found, False
-        if isinstance(item, _STOP_TYPES):
+        if isinstance(item, stop_types):
             continue
         if isinstance(item, types.BuiltinFunctionType):  # `lst.append` shares `lst`
             if not isinstance(item.__self__, types.ModuleType):

@@ -25,6 +25,8 @@ from typing import Any
 
 import xxhash
 
+from .process_objects import process_object_types
+
 __all__ = ["Fingerprint", "Tracker", "fingerprint", "inspect"]
 
 _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: defined in Python (or by an extension via PyType_FromSpec)
@@ -396,6 +398,8 @@ class _Walker:
             return "_numpy_scalar"
         if pandas is not None and isinstance(obj, (pandas.DataFrame, pandas.Series, pandas.Index)):
             return "_pandas"
+        if isinstance(obj, process_object_types()):
+            return "_opaque"
         for kinds, name in _HANDLERS_BY_BASE:
             if isinstance(obj, kinds):
                 return name

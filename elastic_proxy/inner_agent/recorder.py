@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from . import aliasing, analysis, fingerprint, sideeffects
 from .graph import CellExecution, SessionGraph
+from .process_objects import process_object_types
 
 DEFER_FINGERPRINT_ABOVE = 16 << 20
 """Values estimated bigger than this are fingerprinted by the checkpoint writer (a forked
@@ -60,9 +61,10 @@ def estimate_size(obj: Any, budget: int = 2000) -> int:
     seen: set[int] = set()
     stack: list[tuple[Any, float]] = [(obj, 1.0)]
     total = 0.0
+    process_objects = process_object_types()
     while stack and budget > 0:
         item, weight = stack.pop()
-        if id(item) in seen:
+        if id(item) in seen or isinstance(item, process_objects):
             continue
         seen.add(id(item))
         budget -= 1
