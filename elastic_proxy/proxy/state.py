@@ -329,6 +329,7 @@ class ProtocolState:
         if self._probe is not None and parent_id == self._probe.msg_id:
             self._probe.replied = True
             self.kernel_info = self._advertised(msg.content)
+            return self._answer_queued_kernel_info(self.kernel_info)
         elif parent_id == self._summary_id and msg.msg_type == "execute_reply":
             self._summary_id = None
             return self._recover(parse_agent_summary(msg.content))
@@ -339,6 +340,18 @@ class ProtocolState:
             if not self._replaying:
                 return self._recovered()
         return []
+
+    def _answer_queued_kernel_info(self, info: dict[str, Any]) -> list[Action]:
+        """kernel_info requests sent before any child answered: replied to now, from the probe's reply.
+
+        Those sent from now on are answered as they come; forwarding these after the restore would
+        answer them after later ones, and their busy/idle would reach the client after
+        wait_for_ready's IOPub flush (ipykernel 6's slow first execute made that the rule).
+        """
+        waiting = [(channel, msg) for channel, msg in self.queued if msg.msg_type == "kernel_info_request"]
+        self.queued = deque(item for item in self.queued if item[1].msg_type != "kernel_info_request")
+        return [action for channel, msg in waiting
+                for action in self.reply_locally(msg, channel, "kernel_info_reply", info)]
 
     def _became_ready(self) -> list[Action]:
         """The child answers: find out what its agent restored (Python), then replay what is missing."""
@@ -416,7 +429,6 @@ class ProtocolState:
         self.recovery_notice = "\n".join(notices) or None
         self._replayed = []
         self._not_replayed = []
-        self._internal_ids.clear()
         return self.child_ready(self._child_count)
 
     def child_ready(self, child_execution_count: int = 0) -> list[Action]:

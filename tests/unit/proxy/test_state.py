@@ -104,6 +104,39 @@ def test_requests_wait_for_readiness_then_drain_in_order():
     assert all(a.to == "child" for a in drained)
 
 
+def test_kernel_info_sent_before_the_first_child_answers_is_answered_first():
+    """wait_for_ready sends kernel_info every second while the kernel starts: the early ones must not
+    be answered after a later one (the client would then see their busy/idle after its IOPub flush)."""
+    state = ProtocolState()
+    early, cell = request("kernel_info_request"), request("execute_request", {"code": "a"})
+    (probe,) = state.child_started()
+    assert state.client_message(SHELL, early) == [] and state.client_message(SHELL, cell) == []
+    info = {"status": "ok", "supported_features": ["kernel subshells", "xpub"]}
+    answered = state.child_message(SHELL, from_child("kernel_info_reply", info, probe.msg, []))
+    assert types(answered) == [(IOPUB, "status"), (SHELL, "kernel_info_reply"), (IOPUB, "status")]
+    assert {parent_of(a) for a in answered} == {early.msg_id}
+    assert answered[1].msg.content["supported_features"] == ["xpub"]
+    (query,) = state.child_message(IOPUB, from_child("status", {"execution_state": "idle"}, probe.msg, []))
+    later = request("kernel_info_request")
+    assert {parent_of(a) for a in state.client_message(SHELL, later)} == {later.msg_id}
+    assert [a.msg for a in state.child_message(SHELL, agent_summary(query))] == [cell]
+
+
+def test_late_iopub_of_the_supervisors_own_requests_never_reaches_the_client():
+    """A child sends a request's idle after its reply: the summary query's and the last replayed
+    cell's must be dropped like the rest of their traffic, though the restore is over by then."""
+    state = ready_state()
+    complete(state, "a = 1", 1)
+    state.child_died("killed", respawn=True)
+    (query,) = start_child(state)
+    (replay,) = state.child_message(SHELL, agent_summary(query, restored_cell=0))
+    assert state.child_message(SHELL, from_child("execute_reply", {"status": "ok"}, replay.msg, [])) == []
+    assert state.phase is Phase.READY
+    for internal in (query, replay):
+        idle = from_child("status", {"execution_state": "idle"}, internal.msg, [b"status"])
+        assert state.child_message(IOPUB, idle) == []
+
+
 def test_kernel_info_strips_subshells_and_debugger_and_is_answered_while_child_is_down():
     state = ready_state()
     assert "kernel subshells" not in state.kernel_info["supported_features"]
