@@ -1,23 +1,30 @@
 #!/usr/bin/env bash
 # Runs the test suite under each Python 3.9-3.13 that pyenv provides, each in .venv-pyX.Y.
-# ipykernel 7 needs Python >= 3.11; pip resolves ipykernel 6.29+ on older interpreters by itself.
+# ipykernel 7 needs Python >= 3.10 (7.3 there); pip resolves ipykernel 6.29+ on 3.9 by itself.
+# PYTHONS="3.9 3.13" runs a subset. Each version's install and pytest output go to .venv-pyX.Y.log;
+# its summary line is printed as soon as it is known, and all of them again at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 summary=()
 status=0
-for v in 3.9 3.10 3.11 3.12 3.13; do
+report() { summary+=("$1"); echo "$1"; }
+for v in ${PYTHONS:-3.9 3.10 3.11 3.12 3.13}; do
   py=$(pyenv prefix "$(pyenv versions --bare | grep -E "^${v//./\\.}(\.[0-9]+)?$" | tail -n1)" 2>/dev/null)/bin/python
-  if [ ! -x "$py" ]; then summary+=("$v: not installed, skipped"); continue; fi
+  if [ ! -x "$py" ]; then report "$v: not installed, skipped"; continue; fi
   venv=".venv-py$v"
   if ! make -s install PYTHON="$py" VENV="$venv" >"$venv.log" 2>&1; then
-    summary+=("$v: dependencies did not resolve (see $venv.log)"); status=1; continue
+    report "$v: dependencies did not resolve (see $venv.log)"; status=1; continue
   fi
-  ipk=$("$venv/bin/python" -c 'import ipykernel; print(ipykernel.__version__)')
-  if "$venv/bin/python" -m pytest -q -p no:cacheprovider tests >>"$venv.log" 2>&1; then
-    summary+=("$v: passed (ipykernel $ipk) $(tail -n1 "$venv.log")")
+  versions=$("$venv/bin/python" -c 'import platform, ipykernel, jupyter_client
+print(f"Python {platform.python_version()}, ipykernel {ipykernel.__version__}, jupyter_client {jupyter_client.__version__}")')
+  start=$(date +%s)
+  if "$venv/bin/python" -m pytest -q -p no:cacheprovider -rfE tests >>"$venv.log" 2>&1; then
+    result=passed
   else
-    summary+=("$v: FAILED (ipykernel $ipk) $(tail -n1 "$venv.log")"); status=1
+    result=FAILED; status=1
   fi
+  report "$v: $result ($versions) $(tail -n1 "$venv.log") [$(( $(date +%s) - start )) s, log $venv.log]"
 done
+echo "--- summary"
 printf '%s\n' "${summary[@]}"
 exit $status
