@@ -115,9 +115,15 @@ class SupervisorApp(JupyterApp):
         env["ELASTIC_PROXY_RESTORE"] = restore if self.restore and not skip_restore_reason else "off"
         if skip_restore_reason:
             env["ELASTIC_PROXY_RESTORE_SKIPPED"] = skip_restore_reason
-        if self.session:
-            env["ELASTIC_PROXY_SESSION"] = self.session
+        env["ELASTIC_PROXY_SESSION"] = self.session or self.default_session()
         return env
+
+    def default_session(self) -> str:
+        """Without a notebook path (plain jupyter_client, nbclient, papermill), the session is this
+        kernel's: named after the connection file, which a restart keeps and every child shares.
+        (Each child naming its own would make every respawn start empty.)"""
+        base = os.path.splitext(os.path.basename(self.connection_file))[0]
+        return "kernel/" + (base[len("kernel-"):] if base.startswith("kernel-") else base)
 
     def start(self) -> None:
         if not self.connection_file:

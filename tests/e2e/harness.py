@@ -28,11 +28,13 @@ def install_variant(prefix: Path, name: str, *args: str, base: str = KERNEL_NAME
 
 
 @contextmanager
-def elastic_kernel(kernel_name: str = KERNEL_NAME, *, env: dict[str, str] | None = None,
+def elastic_kernel(kernel_name: str = KERNEL_NAME, *, env: dict[str, str] | None = None, replace_env: bool = False,
                    **km_kwargs: Any) -> Iterator[tuple[KernelManager, BlockingKernelClient]]:
-    """Start a kernel through jupyter_client's KernelManager and yield it with a ready client."""
+    """Start a kernel through jupyter_client's KernelManager and yield it with a ready client.
+
+    `env` is added to this process's environment, or with `replace_env` is the whole of it."""
     km = KernelManager(kernel_name=kernel_name, **km_kwargs)
-    km.start_kernel(env={**os.environ, **(env or {})})
+    km.start_kernel(env=dict(env or {}) if replace_env else {**os.environ, **(env or {})})
     kc = km.client()
     kc.start_channels()
     try:

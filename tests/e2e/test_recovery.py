@@ -227,3 +227,14 @@ def test_a_kill_right_after_a_big_cell_loses_no_completed_cell(tmp_path, session
                          if m["msg_type"] == "stream" and m["content"]["name"] == "stderr")
         assert "not re-run" not in notice, notice
         assert log_path.read_text() == "kept\n"
+
+
+def test_without_a_notebook_path_a_death_still_restores(tmp_path):
+    """nbclient, papermill and plain jupyter_client set no JPY_SESSION_NAME: the session is the kernel's."""
+    env = {k: v for k, v in os.environ.items() if k not in ("JPY_SESSION_NAME", "ELASTIC_PROXY_SESSION")}
+    with elastic_kernel("elastic-recovery", env=env, replace_env=True) as (_, kc):
+        run(kc, "kept = [1, 2, 3]")
+        expression(kc, WAIT_FOR_CHECKPOINT)
+        os.kill(child_pid(kc), signal.SIGKILL)
+        _, outputs = run(kc, "print(kept)")
+        assert stdout_of(outputs) == "[1, 2, 3]\n"
