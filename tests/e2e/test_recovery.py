@@ -236,5 +236,5 @@ def test_without_a_notebook_path_a_death_still_restores(tmp_path):
         run(kc, "kept = [1, 2, 3]")
         expression(kc, WAIT_FOR_CHECKPOINT)
         os.kill(child_pid(kc), signal.SIGKILL)
-        _, outputs = run(kc, "print(kept)")
-        assert stdout_of(outputs) == "[1, 2, 3]\n"
+        reply, outputs = run(kc, "print(kept)")
+        assert stdout_of(outputs) == "[1, 2, 3]\n", (reply, outputs)
