@@ -34,7 +34,7 @@ from elastic_proxy.proxy.state import (
     StormGuard,
     UsageRequested,
 )
-from elastic_proxy.proxy.wire import ReplayGuard, Signer, WireError, WireMessage, parse
+from elastic_proxy.proxy.wire import ReplayGuard, Signer, WireError, parse
 
 #: Longest IOPub subscription topic accepted; a 12.5 MB topic made a stock kernel hold 1.5 GB.
 MAX_TOPIC_BYTES = 1024
@@ -460,5 +460,3 @@ class Supervisor:
 def run_supervisor(supervisor: Supervisor) -> int:
     return asyncio.run(supervisor.run())
 
-
-__all__ = ["Supervisor", "WireMessage", "client_url", "run_supervisor"]
