@@ -11,6 +11,7 @@ in the crash case this is for.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -30,23 +31,61 @@ def lock_path(store: Any) -> str:
 
 
 def hold_while_writing(store: Any) -> None:
-    """In the forked writer: take the lock for the rest of the process's life (never released by hand)."""
-    fd = os.open(lock_path(store), os.O_RDWR | os.O_CREAT, 0o600)
+    """In the forked writer: announce itself, then take the lock for the rest of its life.
+
+    The announcement (a file named after its pid) covers a writer still waiting for the lock
+    behind another one: a restore that got the lock between the two would miss it.
+    """
+    path = lock_path(store)
+    os.close(os.open(f"{path}.{os.getpid()}", os.O_WRONLY | os.O_CREAT, 0o600))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
 
 
+def _live_writers(path: str) -> list[int]:
+    """Pids of announced writers still running (announcements of dead ones are removed)."""
+    folder, name = os.path.split(path)
+    alive = []
+    for entry in os.listdir(folder):
+        if not entry.startswith(name + "."):
+            continue
+        pid = entry[len(name) + 1:]
+        if not pid.isdigit():
+            continue
+        if _running(int(pid)):
+            alive.append(int(pid))
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, entry))
+    return alive
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a finished writer whose parent has not reaped it yet)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def wait_for_writers(store: Any, timeout: float) -> float:
-    """Wait (at most `timeout` s) until no writer holds the lock; returns the seconds waited."""
+    """Wait (at most `timeout` s) until no writer holds or waits for the lock; returns the seconds waited."""
     started = time.monotonic()
-    fd = os.open(lock_path(store), os.O_RDWR | os.O_CREAT, 0o600)
+    path = lock_path(store)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return time.monotonic() - started
-            except BlockingIOError:
-                if time.monotonic() - started >= timeout:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                if not [pid for pid in _live_writers(path) if pid != os.getpid()]:
                     return time.monotonic() - started
-                time.sleep(POLL_SECONDS)
+            except BlockingIOError:
+                pass
+            if time.monotonic() - started >= timeout:
+                return time.monotonic() - started
+            time.sleep(POLL_SECONDS)
     finally:
         os.close(fd)

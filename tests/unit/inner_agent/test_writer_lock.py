@@ -52,3 +52,21 @@ def test_the_wait_is_bounded_and_other_sessions_do_not_wait(tmp_path):
     finally:
         writer.kill()
         writer.wait()
+
+
+def test_a_writer_still_waiting_for_the_lock_is_waited_for_too(tmp_path):
+    """Two writers in a row (a follower behind a snapshot): a restore must wait for both, even if it
+    could take the lock in the instant between them."""
+    store = SimpleNamespace(root=str(tmp_path), session="nb.ipynb")
+    first = subprocess.Popen([sys.executable, "-c", WRITER, store.root, store.session, "1.0"],
+                             stdout=subprocess.PIPE, text=True)
+    assert first.stdout.readline() == "holding\n"
+    follower = subprocess.Popen([sys.executable, "-c", WRITER, store.root, store.session, "1.5"],
+                                stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # announced, blocked behind the first
+    start = time.monotonic()
+    wait_for_writers(store, timeout=30)
+    waited = time.monotonic() - start
+    assert follower.poll() is not None or waited > 1.5, "the restore did not wait for the follower"
+    first.wait()
+    follower.wait()
