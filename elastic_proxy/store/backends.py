@@ -40,6 +40,17 @@ FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _OPEN_BATCH = 128  # files kept open between write and fsync; well under the usual 1024 fd limit
 
 
+def _fill(f: Any, view: memoryview) -> int:
+    """Read from `f` into `view` until it is full or the file ends; returns the bytes read."""
+    total = 0
+    while total < len(view):
+        count = f.readinto(view[total:])
+        if not count:
+            break
+        total += count
+    return total
+
+
 @dataclass(frozen=True)
 class FileInfo:
     path: str
@@ -158,13 +169,7 @@ class LocalBackend:
     def read_into(self, path: str, view: memoryview) -> int:
         """Fill `view` from the file; returns the number of bytes read (short if the file is)."""
         with open(path, "rb", buffering=0) as f:
-            total = 0
-            while total < len(view):
-                count = f.readinto(view[total:])
-                if not count:
-                    break
-                total += count
-            return total
+            return _fill(f, view)
 
     def list_files(self, path: str, recursive: bool = False) -> Iterator[FileInfo]:
         try:
@@ -253,13 +258,7 @@ class FsspecBackend:
 
     def read_into(self, path: str, view: memoryview) -> int:
         with self.fs.open(path, "rb") as f:
-            total = 0
-            while total < len(view):
-                count = f.readinto(view[total:])
-                if not count:
-                    break
-                total += count
-            return total
+            return _fill(f, view)
 
     def list_files(self, path: str, recursive: bool = False) -> Iterator[FileInfo]:
         try:
