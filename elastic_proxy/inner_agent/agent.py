@@ -34,10 +34,13 @@ WRITER_WAIT_SECONDS = 60.0
 
 
 def session_name(environ: Any = os.environ) -> str:
-    """ELASTIC_PROXY_SESSION, else JPY_SESSION_NAME, else one derived from the connection file."""
-    for key in ("ELASTIC_PROXY_SESSION", "JPY_SESSION_NAME"):
-        if environ.get(key):
-            return str(environ[key])
+    """ELASTIC_PROXY_SESSION, else JPY_SESSION_NAME relative to the Jupyter root (the same on every
+    host that opens the notebook: see session_identity), else one derived from the connection file."""
+    from ..session_identity import session_from_environment
+
+    name = session_from_environment(environ)
+    if name:
+        return name
     try:
         from ipykernel.connect import get_connection_file
 

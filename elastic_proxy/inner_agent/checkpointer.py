@@ -360,7 +360,9 @@ class Checkpointer:
         self._inflight = job
         self._inflight_started = time.perf_counter()
         self._idle.clear()
-        if self.inline_limit is not None:
+        if getattr(self.store, "remote", False):
+            fork = True  # an upload never runs on the cell's path
+        elif self.inline_limit is not None:
             fork = estimated > self.inline_limit
         else:
             fork = prefer_fork(estimated, resident_bytes())
@@ -455,6 +457,8 @@ class Checkpointer:
                 self._inflight_started = time.perf_counter()
                 self._idle.clear()
         if outcome.error is not None:
+            if self.last_error is None:  # said once when checkpoints start failing, not after every cell
+                print(f"elastic-proxy: checkpoint failed, the previous one is kept: {outcome.error}", file=sys.stderr)
             self.last_error = outcome.error
             self.changed |= job.changed_names
             self.needs_commit = True

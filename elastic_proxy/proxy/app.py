@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import sys
 
 from jupyter_core.application import JupyterApp
@@ -66,7 +67,10 @@ class SupervisorApp(JupyterApp):
         "", config=True,
         help="Run the child in a memory cgroup of this size (e.g. 2G), so an OOM kills only the child.",
     )
-    session = Unicode(config=True, help="Session name (default: JPY_SESSION_NAME, the notebook path).")
+    session = Unicode(config=True, help="Session name (default: JPY_SESSION_NAME, the notebook path "
+                                        "relative to the Jupyter root, so every host finds the same one).")
+    store = Unicode(config=True, help="Checkpoint store: a path or fsspec URL such as s3://bucket/prefix "
+                                      "(default: $ELASTIC_PROXY_STORE, else under the Jupyter data dir).")
     restore = Bool(True, config=True, help="Restore the session's newest checkpoint when a child starts.")
     load_agent = Bool(
         True, config=True,
@@ -85,6 +89,7 @@ class SupervisorApp(JupyterApp):
         "child-kernel": "SupervisorApp.child_kernel",
         "memory-limit": "SupervisorApp.memory_limit",
         "session": "SupervisorApp.session",
+        "store": "SupervisorApp.store",
         "storm-limit": "SupervisorApp.storm_limit",
         "storm-window": "SupervisorApp.storm_window",
         "log-level": "Application.log_level",
@@ -97,6 +102,9 @@ class SupervisorApp(JupyterApp):
     }
 
     child_arguments: list[str] = []
+    writer_id = secrets.token_hex(8)
+    """Names this kernel in the manifests its children write (all children of one supervisor are
+    one writer), so that another kernel writing the same session is detected."""
 
     def parse_command_line(self, argv: list[str] | None = None) -> None:
         argv = sys.argv[1:] if argv is None else list(argv)
@@ -106,7 +114,13 @@ class SupervisorApp(JupyterApp):
 
     @default("session")
     def _session_default(self) -> str:
-        return os.environ.get("ELASTIC_PROXY_SESSION") or os.environ.get("JPY_SESSION_NAME", "")
+        from elastic_proxy.session_identity import session_from_environment
+
+        return session_from_environment(os.environ)
+
+    @default("store")
+    def _store_default(self) -> str:
+        return os.environ.get("ELASTIC_PROXY_STORE", "")
 
     def child_env(self, generation: int, skip_restore_reason: str | None = None, spare: bool = False) -> dict[str, str]:
         env = dict(os.environ)
@@ -116,6 +130,9 @@ class SupervisorApp(JupyterApp):
         if skip_restore_reason:
             env["ELASTIC_PROXY_RESTORE_SKIPPED"] = skip_restore_reason
         env["ELASTIC_PROXY_SESSION"] = self.session or self.default_session()
+        if self.store:
+            env["ELASTIC_PROXY_STORE"] = self.store
+        env["ELASTIC_PROXY_WRITER"] = self.writer_id
         return env
 
     def default_session(self) -> str:

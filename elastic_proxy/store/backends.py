@@ -9,12 +9,15 @@ Both give the same small set of operations; the store above them does not know w
   under its final name complete and durable, and the first fsync's journal commit covers the
   metadata of the whole batch (an fsync per file as it is written costs a journal commit each:
   2.5x slower for 1 GB in 1 MiB blobs).
-- fsspec (object stores, memory://): each file is put once with mode "xb" (never overwrite; an
-  object store makes the object visible only when the upload completes).
+- fsspec (object stores, memory://): each file is put once (`pipe_file(mode="create")`, on S3 a
+  conditional PUT: never overwrite; an object store makes the object visible only when the
+  upload completes). Listings bypass fsspec's listing cache (other processes and hosts write).
+  A remote one keeps a local BlobCache (cache.py) and streams restores (remote.py).
 
 After os.fork(): the local backend holds no threads, locks or sockets. A remote fsspec
 filesystem (s3fs, gcsfs) holds an event loop thread and HTTP sessions that must not be reused
-in the child: call `Store.after_fork()` in the child, which makes a fresh filesystem instance.
+in the child: call `Store.after_fork()` in the child, which makes a fresh filesystem instance
+(fsspec resets its event loop in a forked child, so the new instance starts its own).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ._writeback import start_writeback
+from .cache import BlobCache, default_cache_dir
+from .remote import Prefetcher, os_errors, storage_options_for
 
 TMP_PREFIX = ".tmp-"
 FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -63,6 +68,8 @@ Buffers = Sequence["bytes | bytearray | memoryview"]
 
 
 class LocalBackend:
+    remote = False
+
     def __init__(self, root: str):
         self.root = root
         self._open: list[tuple[int, str, str]] = []  # (fd, temp, final) written, not yet fsynced
@@ -162,6 +169,9 @@ class LocalBackend:
             _unlink_quietly(self._synced.pop()[0])
         self._dirty_dirs.clear()
 
+    def prefetch(self, paths_and_sizes: Sequence[tuple[str, int]]) -> None:
+        """Reads from a local disk need no read-ahead (the kernel's does it)."""
+
     def read_bytes(self, path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
@@ -218,10 +228,17 @@ class LocalBackend:
 
 
 class FsspecBackend:
+    """Any fsspec filesystem; for a remote one (s3://, gs://, ...) also a local blob cache, and
+    restore reads that a Prefetcher streams (see remote.py)."""
+
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
         self.url = url
-        self.storage_options = dict(storage_options or {})
+        self.storage_options = storage_options_for(url, storage_options)
         self.fs, self.root = fsspec.core.url_to_fs(url, **self.storage_options)
+        self.remote = "memory" not in _protocols(self.fs)
+        cache_dir = default_cache_dir() if self.remote else None
+        self.cache = BlobCache(cache_dir) if cache_dir else None
+        self.prefetcher = Prefetcher(self.fs)
 
     def join(self, *parts: str) -> str:
         return posixpath.join(*parts)
@@ -230,22 +247,28 @@ class FsspecBackend:
         return posixpath.dirname(path)
 
     def makedirs(self, path: str) -> None:
-        self.fs.makedirs(path, exist_ok=True)
+        with os_errors():
+            self.fs.makedirs(path, exist_ok=True)
 
     def exists_refresh(self, path: str) -> bool:
         """Object stores cannot bump an object's time without rewriting it: see Store.gc."""
-        return bool(self.fs.exists(path))
+        with os_errors():
+            return bool(self.fs.exists(path))
 
     def write_new(self, path: str, parts: Buffers) -> int | None:
-        """Put the file once; None if it already exists (it is never overwritten)."""
-        written = 0
+        """Put the file once (S3: a conditional PUT, If-None-Match); None if it already exists.
+        Nothing is ever overwritten, and an object is visible only once its upload completed."""
+        data = parts[0] if len(parts) == 1 else b"".join(memoryview(p).cast("B") for p in parts)
+        data = bytes(data) if isinstance(data, memoryview) else data
         try:
-            with self.fs.open(path, "xb") as f:
-                for part in parts:
-                    written += f.write(part) or 0
+            with os_errors():
+                self.fs.pipe_file(path, data, mode="create")
         except FileExistsError:
             return None
-        return written
+        address = _blob_address(path)
+        if self.cache is not None and address is not None:
+            self.cache.put(address, data)
+        return len(data)
 
     def flush(self) -> None:
         """Every write_new was complete when it returned."""
@@ -253,16 +276,41 @@ class FsspecBackend:
     def abort(self) -> None:
         """Nothing is queued."""
 
+    def prefetch(self, paths_and_sizes: Sequence[tuple[str, int]]) -> None:
+        """Start downloading the blobs a read is about to need (those the cache lacks), in order."""
+        cache = self.cache
+        self.prefetcher.plan((path, size) for path, size in paths_and_sizes
+                             if cache is None or not cache.has(_blob_address(path) or ""))
+
     def read_bytes(self, path: str) -> bytes:
-        return bytes(self.fs.cat_file(path))
+        address = _blob_address(path)
+        if address is None:
+            with os_errors():
+                return bytes(self.fs.cat_file(path))
+        cached = self.cache.read(address) if self.cache is not None else None
+        if cached is not None:
+            return cached
+        data = self.prefetcher.fetch(path)
+        if self.cache is not None:
+            self.cache.put(address, data)
+        return data
 
     def read_into(self, path: str, view: memoryview) -> int:
-        with self.fs.open(path, "rb") as f:
-            return _fill(f, view)
+        address = _blob_address(path)
+        if self.cache is not None and address is not None and self.cache.read_into(address, view):
+            return len(view)
+        data = self.prefetcher.fetch(path) if address is not None else self.read_bytes(path)
+        count = min(len(data), len(view))
+        view[:count] = data[:count]
+        if self.cache is not None and address is not None:
+            self.cache.put(address, data)
+        return count
 
     def list_files(self, path: str, recursive: bool = False) -> Iterator[FileInfo]:
         try:
-            found = self.fs.find(path, detail=True, maxdepth=None if recursive else 1)
+            with os_errors():
+                self.fs.invalidate_cache(path)  # other processes and hosts write here too
+                found = self.fs.find(path, detail=True, maxdepth=None if recursive else 1)
         except FileNotFoundError:
             return
         for full, info in sorted(found.items()):
@@ -271,7 +319,9 @@ class FsspecBackend:
 
     def list_dirs(self, path: str) -> list[str]:
         try:
-            entries = self.fs.ls(path, detail=True)
+            with os_errors():
+                self.fs.invalidate_cache(path)
+                entries = self.fs.ls(path, detail=True)
         except FileNotFoundError:
             return []
         names = (posixpath.basename(e["name"].rstrip("/")) for e in entries if e.get("type") == "directory")
@@ -279,28 +329,57 @@ class FsspecBackend:
 
     def mtime(self, path: str) -> float | None:
         try:
-            return _info_mtime(self.fs.info(path))
+            with os_errors():
+                self.fs.invalidate_cache(path)
+                return _info_mtime(self.fs.info(path))
         except FileNotFoundError:
             return None
 
     def remove(self, path: str) -> None:
         try:
-            self.fs.rm_file(path)
+            with os_errors():
+                self.fs.rm_file(path)
         except FileNotFoundError:
             pass
+        address = _blob_address(path)
+        if self.cache is not None and address is not None:
+            self.cache.evict(address)
 
     def remove_tree(self, path: str) -> None:
         try:
-            self.fs.rm(path, recursive=True)
+            with os_errors():
+                self.fs.rm(path, recursive=True)
         except FileNotFoundError:
             pass
 
     def after_fork(self) -> None:
+        """A fresh client: the parent's event loop thread and HTTP connections are not the child's
+        (fsspec resets its loop in a forked child; the old instance refuses to run there)."""
         self.fs, self.root = fsspec.core.url_to_fs(self.url, skip_instance_cache=True, **self.storage_options)
+        self.prefetcher = Prefetcher(self.fs)
+
+
+def _protocols(fs: Any) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def _blob_address(path: str) -> str | None:
+    """The address if `path` is a blob (blobs/ab/<64 hex>), else None."""
+    name = posixpath.basename(path)
+    parent = posixpath.dirname(path)
+    if (len(name) == 64 and posixpath.basename(parent) == name[:2]
+            and posixpath.basename(posixpath.dirname(parent)) == "blobs"):
+        try:
+            int(name, 16)
+        except ValueError:
+            return None
+        return name
+    return None
 
 
 def open_backend(url: str, storage_options: dict[str, Any] | None = None) -> LocalBackend | FsspecBackend:
-    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, storage_options))
     if isinstance(fs, LocalFileSystem):
         return LocalBackend(os.path.abspath(path))
     return FsspecBackend(url, storage_options)

@@ -20,7 +20,7 @@ from .errors import IntegrityError
 from .groupref import GroupRef, check_address
 
 FORMAT = 1
-STORE_FIELDS = ("format", "session", "generation", "parent", "created", "signature")
+STORE_FIELDS = ("format", "session", "generation", "parent", "created", "writer", "signature")
 _NAME = re.compile(r"^(\d{12})-([0-9a-f]{8})\.json$")
 TAMPERED = "signature does not verify (tampered or written with another secret)"
 
@@ -45,11 +45,13 @@ def sign(doc: dict[str, Any], secret: bytes) -> str:
 
 
 def build_document(body: dict[str, Any], *, session: str, generation: int, parent: int | None,
-                   created: float, secret: bytes) -> bytes:
+                   created: float, secret: bytes, writer: dict[str, Any] | None = None) -> bytes:
     clash = sorted(set(body) & set(STORE_FIELDS))
     if clash:
         raise ValueError(f"manifest body may not set the store's fields {clash}")
     doc = dict(body, format=FORMAT, session=session, generation=generation, parent=parent, created=created)
+    if writer is not None:
+        doc["writer"] = writer  # who wrote it (store/writers.py): signed like the rest
     doc = json.loads(json.dumps(doc, allow_nan=False))  # sign exactly what a reader will parse
     doc["signature"] = sign(doc, secret)
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")

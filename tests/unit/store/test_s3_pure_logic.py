@@ -1,0 +1,112 @@
+"""Pure logic behind the S3 store: host-independent session names, concurrent-writer detection,
+storage options, the blob cache's self-check."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import blake3
+import pytest
+
+from elastic_proxy.session_identity import relative_notebook_path, session_from_environment
+from elastic_proxy.store.cache import BlobCache
+from elastic_proxy.store.manifest import Manifest
+from elastic_proxy.store.remote import DEFAULT_RETRIES, storage_options_for
+from elastic_proxy.store.writers import conflict_message, find_conflict
+
+
+def test_two_hosts_with_different_homes_name_the_notebook_alike(tmp_path):
+    a = {"JPY_SESSION_NAME": "/home/alice/work/analysis.ipynb", "HOME": "/home/alice"}
+    b = {"JPY_SESSION_NAME": "/users/b/bob/work/analysis.ipynb", "HOME": "/users/b/bob"}
+    empty = str(tmp_path)  # a runtime dir without Jupyter servers
+    assert session_from_environment(a, empty) == session_from_environment(b, empty) == "work/analysis.ipynb"
+
+
+def test_the_root_of_a_running_jupyter_server_wins_over_home(tmp_path):
+    (tmp_path / "jpserver-123.json").write_text(json.dumps({"root_dir": "/srv/notebooks"}))
+    env = {"JPY_SESSION_NAME": "/srv/notebooks/team/x.ipynb", "HOME": "/home/u"}
+    assert session_from_environment(env, str(tmp_path)) == "team/x.ipynb"
+
+
+def test_a_configured_root_wins_and_explicit_names_are_kept(tmp_path):
+    env = {"JPY_SESSION_NAME": "/data/u1/proj/x.ipynb", "HOME": "/home/u1",
+           "ELASTIC_PROXY_NOTEBOOK_ROOT": "/data/u1"}
+    assert session_from_environment(env, str(tmp_path)) == "proj/x.ipynb"
+    assert session_from_environment({**env, "ELASTIC_PROXY_SESSION": "/my/own"}, str(tmp_path)) == "/my/own"
+    assert session_from_environment({"JPY_SESSION_NAME": "proj/./x.ipynb"}, str(tmp_path)) == "proj/x.ipynb"
+    assert session_from_environment({}, str(tmp_path)) == ""
+
+
+def test_paths_outside_every_root_stay_absolute():
+    assert relative_notebook_path("/opt/x.ipynb", ["/home/u"]) == "/opt/x.ipynb"
+    assert relative_notebook_path("/home/user2/x.ipynb", ["/home/u"]) == "/home/user2/x.ipynb"
+    assert relative_notebook_path("/home/u/a/x.ipynb", ["/home/u", "/home/u/a"]) == "x.ipynb"
+
+
+def _manifest(generation: int, writer: str | None, valid: bool = True) -> Manifest:
+    doc = {"generation": generation, "created": 100.0}
+    if writer is not None:
+        doc["writer"] = {"id": writer, "host": f"host-{writer}", "pid": 7}
+    return Manifest(generation, f"m{generation}", doc, valid, None if valid else "tampered")
+
+
+def test_another_writers_manifest_above_the_base_is_a_conflict():
+    newest_first = [_manifest(7, "b"), _manifest(6, "a"), _manifest(5, "a")]
+    assert find_conflict(newest_first, "a", base=5).generation == 7
+    assert find_conflict(newest_first, "b", base=5) is None  # b's own newest commit checked below it
+    assert find_conflict(newest_first, "a", base=7) is None
+
+
+def test_our_own_newer_commit_ends_the_search_and_invalid_ones_are_ignored():
+    newest_first = [_manifest(8, "a"), _manifest(7, "b"), _manifest(6, "a")]
+    assert find_conflict(newest_first, "a", base=5) is None
+    forged = [_manifest(9, "z", valid=False), _manifest(8, "a")]
+    assert find_conflict(forged, "a", base=5) is None
+
+
+def test_the_conflict_message_says_who_and_what_to_do():
+    text = conflict_message("nb.ipynb", _manifest(7, "b"), 5, now=160.0)
+    assert "host-b" in text and "generation 7" in text and "60 s ago" in text and "--session" in text
+
+
+def test_s3_gets_botocore_standard_retries_unless_aws_settings_choose(monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    assert storage_options_for("s3://b/p", None)["config_kwargs"]["retries"] == DEFAULT_RETRIES
+    assert storage_options_for("memory://x", None) == {}
+    given = {"config_kwargs": {"retries": {"max_attempts": 2}}}
+    assert storage_options_for("s3://b/p", given)["config_kwargs"]["retries"] == {"max_attempts": 2}
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    assert "config_kwargs" not in storage_options_for("s3://b/p", None)
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS")
+    (tmp_path / "config").write_text("[default]\nretry_mode = adaptive\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    assert "config_kwargs" not in storage_options_for("s3://b/p", None)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty"])
+def test_a_damaged_cache_entry_is_evicted_not_returned(tmp_path, damage):
+    cache = BlobCache(str(tmp_path))
+    data = os.urandom(4096)
+    address = blake3.blake3(data).hexdigest()
+    cache.put(address, data)
+    view = memoryview(bytearray(len(data)))
+    assert cache.read_into(address, view) and bytes(view) == data and cache.read(address) == data
+    path = cache.path(address)
+    raw = bytearray(data)
+    if damage == "flip":
+        raw[100] ^= 1
+    elif damage == "truncate":
+        raw = raw[:-1]
+    else:
+        raw = bytearray()
+    with open(path, "wb") as f:
+        f.write(raw)
+    assert not cache.read_into(address, memoryview(bytearray(len(data))))
+    assert not os.path.exists(path) and cache.evicted == 1
+    cache.put(address, data)
+    with open(path, "r+b") as f:
+        f.write(b"\0")
+    assert cache.read(address) is None and not os.path.exists(path)
