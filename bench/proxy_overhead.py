@@ -11,17 +11,20 @@ that machine noise falls on all of them alike.
   once flushed after every line (--mb messages of 1 MiB, which the proxy can pipeline).
 The CPU time of the process Jupyter launched (ipykernel; or the supervisor, its child excluded)
 per round trip is shown too: unlike wall times it hardly moves when the machine is busy.
-Variants: `direct` (the baseline), `proxy` (supervisor with --no-agent: the proxy alone) and
+Variants: `direct` (the baseline), `zmq-device` (ipykernel behind libzmq's C forwarder, no Python
+per message: the floor that any proxy process pays for the extra hop on this machine, see
+bench/zmq_device_kernel.py), `proxy` (supervisor with --no-agent: the proxy alone) and
 `proxy+agent` (the installed python3-elastic spec as users get it).
 Targets: p50 <= direct + 1 ms; throughput >= 0.8x direct.
 
 Usage: python bench/proxy_overhead.py [--runs 300] [--warmup 30] [--mb 50] [--repeat 5]
-                                      [--variants direct,proxy,proxy+agent]
+                                      [--variants direct,zmq-device,proxy,proxy+agent]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -39,10 +42,12 @@ from jupyter_client.manager import KernelManager
 
 MiB = 1 << 20
 DIRECT_SPEC = "bench-direct-ipykernel"
+DEVICE_SPEC = "bench-zmq-device"
 ELASTIC_SPEC = "python3-elastic"
 #: name -> (kernelspec, extra arguments appended to its argv by KernelManager)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "direct": (DIRECT_SPEC, []),
+    "zmq-device": (DEVICE_SPEC, []),
     "proxy": (ELASTIC_SPEC, ["--no-agent"]),
     "proxy+agent": (ELASTIC_SPEC, []),
 }
@@ -70,6 +75,12 @@ def isolated_jupyter() -> Iterator[str]:
             for argv in (["-m", "ipykernel", "install", "--prefix", prefix, "--name", DIRECT_SPEC],
                          ["-m", "elastic_proxy", "install", "--prefix", prefix]):
                 subprocess.run([sys.executable, *argv], check=True, capture_output=True)
+            device = os.path.join(prefix, "share", "jupyter", "kernels", DEVICE_SPEC)
+            os.makedirs(device)
+            with open(os.path.join(device, "kernel.json"), "w") as f:
+                json.dump({"argv": [sys.executable, os.path.join(os.path.dirname(__file__), "zmq_device_kernel.py"),
+                                    "{connection_file}"], "display_name": "ipykernel behind zmq.proxy",
+                           "language": "python"}, f)
             yield root
         finally:
             for k, v in saved.items():
@@ -196,7 +207,7 @@ def latency_table(samples: dict[str, Samples]) -> list[str]:
         delta = s.p(50) - base
         shown, met = ("baseline", "-") if name == "direct" else (f"{delta:+.2f} ms", _yes(delta <= 1.0))
         cpu = s.launched_cpu / len(s.round_trips) * 1000
-        who = "ipykernel" if name == "direct" else "supervisor only"
+        who = {"direct": "ipykernel", "zmq-device": "forwarder only"}.get(name, "supervisor only")
         rows.append(f"| {name} | {s.p(50):.2f} | {s.p(99):.2f} | {shown} | {met} | {cpu:.2f} ({who}) |")
     return rows
 

@@ -18,9 +18,9 @@ import time
 from typing import Any, Callable
 
 import zmq
-import zmq.asyncio
 
 from elastic_proxy.proxy.child import KernelChild, describe_exit
+from elastic_proxy.proxy.pumps import ChildOutbox, PumpSet, SocketPump, send_to_client
 from elastic_proxy.proxy.state import (
     CONTROL,
     IOPUB,
@@ -99,16 +99,18 @@ class Supervisor:
         self.state = ProtocolState(client_ports={
             f"{ch}_port": int(connection_info[f"{ch}_port"]) for ch in ("shell", "iopub", "stdin", "hb", "control")
         })
-        self.context = zmq.asyncio.Context()
-        self.client: dict[str, zmq.asyncio.Socket] = {}
+        self.context = zmq.Context()
+        self.client: dict[str, zmq.Socket] = {}
         self.child: KernelChild | None = None
-        self.child_sockets: dict[str, zmq.asyncio.Socket] = {}
+        self.child_sockets: dict[str, zmq.Socket] = {}
+        self.child_outboxes: dict[str, ChildOutbox] = {}
+        self.pumps: PumpSet | None = None
+        self._child_pumps: list[SocketPump] = []
         self.child_identity = f"elastic-proxy-{os.getpid()}".encode()
         self.generation = 0
         self._child_tasks: list[asyncio.Task] = []
         self._tasks: list[asyncio.Task] = []
         self._exit: asyncio.Future[int] | None = None
-        self._send_lock = asyncio.Lock()
         self._last_child_traffic = 0.0
         self._skip_restore_reason: str | None = None
         self.heartbeat: Heartbeat | None = None
@@ -117,12 +119,13 @@ class Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self._exit = loop.create_future()
+        self.pumps = PumpSet(loop)
         self._bind_client_sockets()
         loop.add_signal_handler(signal.SIGTERM, self._request_exit, 0)
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         for channel in (SHELL, CONTROL, STDIN):
-            self._tasks.append(asyncio.ensure_future(self._client_reader(channel)))
-        self._tasks.append(asyncio.ensure_future(self._subscription_reader()))
+            self.pumps.add(SocketPump(loop, self.client[channel], self._client_handler(channel), self.log))
+        self.pumps.add(SocketPump(loop, self.client[IOPUB], self._subscription, self.log, multipart=False))
         self._tasks.append(asyncio.ensure_future(self._spawn_child()))
         self._tasks.append(asyncio.ensure_future(self._exit_with_parent()))
         code = await self._exit
@@ -176,6 +179,9 @@ class Supervisor:
         if self.child is not None:
             await self.child.stop(grace=1.0)
             await self._close_child()
+        assert self.pumps is not None
+        for pump in list(self.pumps.pumps.values()):
+            self.pumps.remove(pump)
         for sock in self.client.values():
             sock.close(linger=200)
         if self.heartbeat is not None:
@@ -209,7 +215,7 @@ class Supervisor:
         self.child = child
         self._connect_child(child)
         self.state.child_interrupt_mode = child.interrupt_mode
-        await self._execute(self.state.child_started(child.language, restore_on_ready=restore_on_ready))
+        self._execute(self.state.child_started(child.language, restore_on_ready=restore_on_ready))
         self._child_tasks.append(asyncio.ensure_future(self._watch_child(child)))
         self._child_tasks.append(asyncio.ensure_future(self._probe_until_ready(child)))
 
@@ -241,6 +247,7 @@ class Supervisor:
             await spare.cleanup()
 
     def _connect_child(self, child: KernelChild) -> None:
+        assert self.pumps is not None
         urls = child.urls()
         kinds = {SHELL: zmq.DEALER, CONTROL: zmq.DEALER, STDIN: zmq.DEALER, IOPUB: zmq.SUB}
         for channel, kind in kinds.items():
@@ -253,7 +260,10 @@ class Supervisor:
                 sock.setsockopt(zmq.SUBSCRIBE, b"")
             sock.connect(urls[channel])
             self.child_sockets[channel] = sock
-            self._child_tasks.append(asyncio.ensure_future(self._child_reader(channel, sock, child)))
+            if kind == zmq.DEALER:
+                self.child_outboxes[channel] = ChildOutbox(sock, self.log, self.pumps.poke)
+            handler = self._child_handler(channel)
+            self._child_pumps.append(self.pumps.add(SocketPump(self.pumps.loop, sock, handler, self.log)))
 
     async def _probe_until_ready(self, child: KernelChild) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -265,7 +275,7 @@ class Supervisor:
                 self.log.error("kernel child did not answer within %.0f s; killing it", START_TIMEOUT)
                 child.kill()
                 return
-            await self._execute([self.state.probe()])
+            self._execute([self.state.probe()])
 
     async def _watch_child(self, child: KernelChild) -> None:
         assert child.exit_code is not None
@@ -298,7 +308,7 @@ class Supervisor:
                           "elastic-proxy stops restarting it and exits; Jupyter will offer a restart.")
         actions = self.state.child_died(cause, respawn=respawn)
         await self._close_child()
-        await self._execute(actions)
+        self._execute(actions)
         if respawn:
             self._tasks.append(asyncio.ensure_future(self._spawn_child()))
         elif not shutting_down:
@@ -336,6 +346,13 @@ class Supervisor:
             if task is not current:
                 task.cancel()
         self._child_tasks.clear()
+        assert self.pumps is not None
+        for pump in self._child_pumps:
+            self.pumps.remove(pump)  # before the sockets close: their fds could be reused at once
+        self._child_pumps.clear()
+        for outbox in self.child_outboxes.values():
+            outbox.close()
+        self.child_outboxes.clear()
         for sock in self.child_sockets.values():
             sock.close(linger=0)
         self.child_sockets.clear()
@@ -344,88 +361,87 @@ class Supervisor:
             with contextlib.suppress(Exception):
                 await child.cleanup()
 
-    # --- readers -----------------------------------------------------------------------
-    async def _client_reader(self, channel: str) -> None:
-        sock = self.client[channel]
-        while True:
-            raw = await sock.recv_multipart()
+    # --- handlers, called by the pumps for each message ---------------------------------
+    def _client_handler(self, channel: str) -> Callable[[list[bytes]], None]:
+        def handle(raw: list[bytes]) -> None:
             try:
                 msg = parse(raw, self.client_signer, self.replay_guard)
             except WireError as err:
                 self.log.warning("dropped a message from the client on %s: %s", channel, err)
-                continue
-            await self._execute(self.state.client_message(channel, msg))
+                return
+            self._execute(self.state.client_message(channel, msg))
 
-    async def _child_reader(self, channel: str, sock: zmq.asyncio.Socket, child: KernelChild) -> None:
-        while True:
-            raw = await sock.recv_multipart()
-            await self._from_child(channel, raw, child)
+        return handle
 
-    async def _from_child(self, channel: str, raw: list[bytes], child: KernelChild) -> None:
-        self._last_child_traffic = time.monotonic()
-        try:
-            msg = parse(raw, None)  # ipc in our 0700 runtime dir: only our child can be there
-        except WireError as err:
-            self.log.warning("dropped a message from the kernel child on %s: %s", channel, err)
-            return
-        await self._execute(self.state.child_message(channel, msg))
+    def _child_handler(self, channel: str) -> Callable[[list[bytes]], None]:
+        def handle(raw: list[bytes]) -> None:
+            self._last_child_traffic = time.monotonic()
+            try:
+                msg = parse(raw, None)  # ipc in our 0700 runtime dir: only our child can be there
+            except WireError as err:
+                self.log.warning("dropped a message from the kernel child on %s: %s", channel, err)
+                return
+            self._execute(self.state.child_message(channel, msg))
 
-    async def _subscription_reader(self) -> None:
+        return handle
+
+    def _subscription(self, raw: list[bytes]) -> None:
         """XPUB_MANUAL: accept each subscription ourselves, refuse oversized ones, welcome the rest."""
         sock = self.client[IOPUB]
-        while True:
-            frame = await sock.recv()
-            if not frame:
-                continue
-            subscribe, topic = frame[0] == 1, frame[1:]
-            if len(topic) > MAX_TOPIC_BYTES:
-                self.log.warning("refused an IOPub subscription of %d bytes (limit %d)", len(topic),
-                                 MAX_TOPIC_BYTES)
-                continue
-            if not subscribe:
-                sock.setsockopt(zmq.UNSUBSCRIBE, topic)
-                continue
-            sock.setsockopt(zmq.SUBSCRIBE, topic)
-            try:
-                text = topic.decode()
-            except UnicodeDecodeError:
-                continue
-            welcome = self.state.announce("iopub_welcome", {"subscription": text})
-            welcome.msg.idents = [topic] if topic else []
-            await self._execute([welcome])
+        frame = raw[0]
+        if not frame:
+            return
+        subscribe, topic = frame[0] == 1, frame[1:]
+        if len(topic) > MAX_TOPIC_BYTES:
+            self.log.warning("refused an IOPub subscription of %d bytes (limit %d)", len(topic), MAX_TOPIC_BYTES)
+            return
+        if not subscribe:
+            sock.setsockopt(zmq.UNSUBSCRIBE, topic)
+            return
+        sock.setsockopt(zmq.SUBSCRIBE, topic)
+        try:
+            text = topic.decode()
+        except UnicodeDecodeError:
+            return
+        welcome = self.state.announce("iopub_welcome", {"subscription": text})
+        welcome.msg.idents = [topic] if topic else []
+        self._execute([welcome])
 
     # --- carrying out the state machine's actions ----------------------------------------
-    async def _execute(self, actions: list[Any]) -> None:
-        await self._send_actions(actions)
+    def _execute(self, actions: list[Any]) -> None:
+        """Carry out the actions now, in order; nothing here waits (sends never block)."""
+        self._send_actions(actions)
         if (self.warm_spare and self.spare is None and not self._spare_starting
                 and self.state.phase is Phase.READY and self.child is not None):
             self._spare_starting = True
             self._tasks.append(asyncio.ensure_future(self._start_spare()))
 
-    async def _send_actions(self, actions: list[Any]) -> None:
-        async with self._send_lock:
-            for action in actions:
-                if isinstance(action, Send):
-                    await self._send(action)
-                elif isinstance(action, Interrupt):
-                    if self.child is not None:
-                        self.child.interrupt()
-                elif isinstance(action, UsageRequested):
-                    content = self._usage()
-                    for reply in self.state.reply_locally(action.request, CONTROL, "usage_reply", content):
-                        await self._send(reply)
-                elif isinstance(action, Exit):
-                    self._request_exit(action.code)
+    def _send_actions(self, actions: list[Any]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self._send(action)
+            elif isinstance(action, Interrupt):
+                if self.child is not None:
+                    self.child.interrupt()
+            elif isinstance(action, UsageRequested):
+                content = self._usage()
+                for reply in self.state.reply_locally(action.request, CONTROL, "usage_reply", content):
+                    self._send(reply)
+            elif isinstance(action, Exit):
+                self._request_exit(action.code)
 
-    async def _send(self, action: Send) -> None:
+    def _send(self, action: Send) -> None:
         if action.to == "client":
-            await self.client[action.channel].send_multipart(action.msg.to_frames(self.client_signer))
+            sock = self.client[action.channel]
+            send_to_client(sock, action.msg.to_frames(self.client_signer), self.log)
+            assert self.pumps is not None
+            self.pumps.poke(sock)
             return
-        sock = self.child_sockets.get(action.channel)
-        if sock is None or self.child is None:
+        outbox = self.child_outboxes.get(action.channel)
+        if outbox is None or self.child is None:
             self.log.debug("no child socket for %s; message dropped", action.channel)
             return
-        await sock.send_multipart(action.msg.to_frames(self.child.signer))
+        outbox.send(action.msg.to_frames(self.child.signer))
         if action.msg.msg_type == "shutdown_request":
             self._tasks.append(asyncio.ensure_future(self._kill_if_lingering(self.child)))
 
