@@ -442,11 +442,14 @@ class ProtocolState:
         self.count_offset = max(self.execution_count - child_execution_count, 0)
         self.execution_count = max(self.execution_count, child_execution_count)
         actions: list[Action] = []
-        for comm_id in list(self.open_comms):
+        # A comm the client opened while no child was up is not stale: its comm_open waits in the queue for
+        # this child. Closing it would make JupyterLab drop it (ipywidgets' jupyter.widget.control comm).
+        waiting = {m.content.get("comm_id", "") for _, m in self.queued if m.msg_type == "comm_open"}
+        for comm_id in [c for c in self.open_comms if c not in waiting]:
             close = new_message("comm_close", {"comm_id": comm_id, "data": {}}, parent=None,
                                 session=self.session)
             actions.append(Send("client", IOPUB, close))
-        self.open_comms.clear()
+            del self.open_comms[comm_id]
         while self.queued and self.phase is Phase.READY:
             channel, msg = self.queued.popleft()
             actions.extend(self.client_message(channel, msg))
