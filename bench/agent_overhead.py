@@ -23,15 +23,8 @@ import tempfile
 import time
 from typing import Any
 
+from _common import CLEAR, SCENARIOS, TRIVIAL, delta, ms, percentile
 from jupyter_client.manager import KernelManager
-
-SCENARIOS = [
-    ("(a) empty namespace", "pass"),
-    ("(b) 200 MB array", "big = np.ones(25_000_000)"),
-    ("(c) list(range(5_000_000))", "big = list(range(5_000_000))"),
-    ("(d) 1M-entry dict", "big = {i: str(i) for i in range(1_000_000)}"),
-]
-TRIVIAL = [("`1 + 1`", "1 + 1"), ("`x = 1`", "x = 1")]
 
 
 class Kernel:
@@ -76,19 +69,6 @@ class Kernel:
     def close(self) -> None:
         self.kc.stop_channels()
         self.km.shutdown_kernel(now=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.2f}"
-
-
-def delta(plain: float, agent: float) -> str:
-    return f"{(agent - plain) * 1000:+.2f}"
 
 
 AGENT = "__import__('elastic_proxy.inner_agent', fromlist=['x']).get_agent(get_ipython())"
@@ -143,8 +123,8 @@ def main() -> None:
                 rows.append([label, trivial_label, ms(p50[0]), ms(p50[1]), delta(*p50),
                              f"{p50[1] / p50[0]:.2f}", ms(p99[0]), ms(p99[1]), delta(*p99),
                              ms(statistics.median(hooks)), ms(percentile(hooks, 0.99))])
-            plain.run("big = None")
-            agent.run("big = None")
+            plain.run(CLEAR)
+            agent.run(CLEAR)
             agent.settle()
         pause = one_gigabyte(plain, agent)
         fork = agent_status(agent)

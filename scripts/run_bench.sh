@@ -6,10 +6,15 @@
 #   BENCH_ONLY="restore_bench store_bench"  run only these scripts
 #   BENCH_REPORT=path                       write the report there instead
 #   BENCH_TIMEOUT=3600                      seconds per script
+#   BENCH_TARGET="make bench-peers"         the command named in the report's header
+#   BENCH_ARGS="--runs 10"                  extra arguments for every script
+# Scripts in OWN_VENV need a venv of their own (`make bench-peers` builds it): they run only when
+# BENCH_ONLY names them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${VENV:-.venv}/bin/python"
 ORDER=(store_bench agent_overhead proxy_overhead death_to_reply restore_bench)
+OWN_VENV=(peers_bench)
 report="${BENCH_REPORT:-bench/results/report-$(date -u +%Y-%m-%d).md}"
 timeout_s="${BENCH_TIMEOUT:-3600}"
 logs=$(mktemp -d)
@@ -18,15 +23,19 @@ mkdir -p "$(dirname "$report")"
 
 scripts=()
 for name in "${ORDER[@]}"; do [ -f "bench/$name.py" ] && scripts+=("$name"); done
-for path in bench/*.py; do
+for path in bench/[!_]*.py; do  # bench/_*.py are helper modules
   name=$(basename "$path" .py)
   [[ " ${ORDER[*]} " == *" $name "* ]] || scripts+=("$name")
 done
-if [ -n "${BENCH_ONLY:-}" ]; then
-  selected=()
-  for name in "${scripts[@]}"; do [[ " $BENCH_ONLY " == *" $name "* ]] && selected+=("$name"); done
-  scripts=("${selected[@]}")
-fi
+selected=()
+for name in "${scripts[@]}"; do
+  if [ -n "${BENCH_ONLY:-}" ]; then
+    [[ " $BENCH_ONLY " == *" $name "* ]] && selected+=("$name")
+  else
+    [[ " ${OWN_VENV[*]} " == *" $name "* ]] || selected+=("$name")
+  fi
+done
+scripts=("${selected[@]}")
 
 machine() {
   local cpu disk_dir
@@ -64,7 +73,7 @@ failed=()
 {
   echo "# Benchmark report $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo ' (working tree has uncommitted changes)'). Produced by \`make bench\` (scripts/run_bench.sh); what each script measures: bench/README.md."
+  echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- 2>/dev/null || echo ' (working tree has uncommitted changes)'). Produced by \`${BENCH_TARGET:-make bench}\` (scripts/run_bench.sh); what each script measures: bench/README.md."
   echo
   echo "## Machine"
   echo
@@ -76,7 +85,8 @@ failed=()
 } >"$report"
 
 for name in "${scripts[@]}"; do
-  cmd=("$PY" "bench/$name.py")
+  read -r -a extra <<<"${BENCH_ARGS:-}"
+  cmd=("$PY" "bench/$name.py" "${extra[@]}")
   echo "run_bench: ${cmd[*]}" >&2
   start=$(date +%s)
   PYTHONUNBUFFERED=1 timeout --kill-after=30 "$timeout_s" "${cmd[@]}" >"$logs/$name.out" 2>"$logs/$name.err"

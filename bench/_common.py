@@ -1,0 +1,34 @@
+"""Workloads and statistics shared by the benches that time trivial cells against a baseline.
+
+agent_overhead.py (the inner agent vs plain ipykernel) and peers_bench.py (elastic-proxy vs
+ElasticKernel vs plain ipykernel) time the same cells on the same namespaces, so their figures
+can be read side by side.
+"""
+
+from __future__ import annotations
+
+#: The namespaces a trivial cell is timed with: (label, the cell that builds it). The cells assume
+#: `import numpy as np` has run.
+SCENARIOS = [
+    ("(a) empty namespace", "pass"),
+    ("(b) 200 MB array", "big = np.ones(25_000_000)"),
+    ("(c) list(range(5_000_000))", "big = list(range(5_000_000))"),
+    ("(d) 1M-entry dict", "big = {i: str(i) for i in range(1_000_000)}"),
+]
+#: `1 + 1` changes nothing; `x = 1` changes the state, so a checkpointing kernel has work to do.
+TRIVIAL = [("`1 + 1`", "1 + 1"), ("`x = 1`", "x = 1")]
+#: What undoes a scenario's cell, so the next one starts from the same namespace.
+CLEAR = "big = None"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def delta(baseline: float, measured: float) -> str:
+    return f"{(measured - baseline) * 1000:+.2f}"
