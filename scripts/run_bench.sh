@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 PY="${VENV:-.venv}/bin/python"
 ORDER=(store_bench agent_overhead proxy_overhead death_to_reply restore_bench)
 OWN_VENV=(peers_bench)
+HELPERS=(zmq_device_kernel)  # bench/*.py that are no benches (a kernel a bench starts); bench/_*.py neither
 report="${BENCH_REPORT:-bench/results/report-$(date -u +%Y-%m-%d).md}"
 timeout_s="${BENCH_TIMEOUT:-3600}"
 logs=$(mktemp -d)
@@ -23,9 +24,9 @@ mkdir -p "$(dirname "$report")"
 
 scripts=()
 for name in "${ORDER[@]}"; do [ -f "bench/$name.py" ] && scripts+=("$name"); done
-for path in bench/[!_]*.py; do  # bench/_*.py are helper modules
+for path in bench/[!_]*.py; do
   name=$(basename "$path" .py)
-  [[ " ${ORDER[*]} " == *" $name "* ]] || scripts+=("$name")
+  [[ " ${ORDER[*]} ${HELPERS[*]} " == *" $name "* ]] || scripts+=("$name")
 done
 selected=()
 for name in "${scripts[@]}"; do
