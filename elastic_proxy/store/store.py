@@ -35,6 +35,7 @@ import blake3
 import numpy as np
 
 from .backends import FULL_ERRNOS, TMP_PREFIX, FileInfo, open_backend
+from .chunk_reader import read_verified
 from .errors import IntegrityError, StoreError, StoreFullError
 from .groupref import BufferRef, GroupRef, check_address
 from .manifest import (
@@ -212,7 +213,8 @@ class Store:
 
         `ref` must come from `Manifest.groups()` of a valid manifest: the hash check proves the
         bytes are the ones it names, the manifest's signature proves the names are ours.
-        `on_bytes(n)` is called as bytes arrive (restore progress).
+        `on_bytes(n)` is called as bytes arrive (restore progress), in the calling thread.
+        Chunks are read straight into the buffers pickle gets, on a few threads (chunk_reader.py).
         """
         if not isinstance(ref, GroupRef):
             ref = GroupRef.from_json(ref)
@@ -220,15 +222,14 @@ class Store:
         if on_bytes:
             on_bytes(len(stream))
         buffers = []
+        jobs = []
         for buffer in ref.buffers:
             data = _uninitialized(buffer.size)
             view = memoryview(data)
-            for index, address in enumerate(buffer.chunks):
-                part = view[index * ref.chunk_size:(index + 1) * ref.chunk_size]
-                self._read_blob_into(address, part)
-                if on_bytes:
-                    on_bytes(len(part))
+            jobs.extend((address, view[index * ref.chunk_size:(index + 1) * ref.chunk_size])
+                        for index, address in enumerate(buffer.chunks))
             buffers.append(pickle.PickleBuffer(data))  # what was pickled out of band was a PickleBuffer
+        read_verified(jobs, self._read_blob_into, on_bytes)
         return unpickle_group(ref.pickler, stream, buffers)
 
     def verify(self, manifest: Manifest) -> list[str]:
