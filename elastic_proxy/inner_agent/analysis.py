@@ -814,7 +814,37 @@ def _code_access(code: types.CodeType) -> GlobalAccess:
     return access
 
 
+#: Containers up to this size are searched for the functions they hold (`handlers[k]()`).
+HELD_FUNCTIONS_MAX_ITEMS = 256
+
+
+def _held_functions(obj: Any, module: str | None) -> list[types.FunctionType]:
+    """Functions held one level down, in a small container or an instance's attributes.
+
+    A cell calling `handlers['save']()` or `model.callback()` runs a notebook function that no
+    name in the cell refers to; what that function touches must still be checked.
+    """
+    if isinstance(obj, dict):
+        items: Any = obj.values() if len(obj) <= HELD_FUNCTIONS_MAX_ITEMS else ()
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        items = obj if len(obj) <= HELD_FUNCTIONS_MAX_ITEMS else ()
+    else:
+        attributes = getattr(obj, "__dict__", None)
+        if not isinstance(attributes, dict) or isinstance(obj, (type, types.ModuleType)):
+            return []
+        items = list(attributes.values())[:HELD_FUNCTIONS_MAX_ITEMS]
+    return [f for item in items if callable(item) for f in _own_functions(item, module)]
+
+
 def _functions_of(obj: Any, module: str | None = None) -> list[types.FunctionType]:
+    """`_own_functions`, and with `module` also the notebook functions that `obj` holds."""
+    functions = _own_functions(obj, module)
+    if module is not None:
+        functions += _held_functions(obj, module)
+    return functions
+
+
+def _own_functions(obj: Any, module: str | None = None) -> list[types.FunctionType]:
     """The Python functions behind a callable: itself, a method's function, a partial's
     function, or a class's (or an instance's class's) methods; with `module`, only the methods
     of classes defined there (a DataFrame's hundreds of methods are not the notebook's)."""

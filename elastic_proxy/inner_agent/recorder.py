@@ -161,6 +161,9 @@ class Recorder:
         touched = facts.candidates | facts.deletes | called.names
         if called.dynamic:
             facts.flag_dynamic("a called function uses globals() or exec")
+        if facts.dynamic:
+            # exec, eval, a magic or globals() can reach any name, mentioned or not.
+            touched = set(ns)
         candidates = self._with_aliases({n for n in touched if self.is_user_name(n)})
         before_ids = {name: id(ns[name]) for name in candidates if name in ns}
         keys_before = set(ns) if facts.dynamic else None

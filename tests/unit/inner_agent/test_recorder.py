@@ -57,6 +57,14 @@ def test_magics_dynamic_names_and_failed_cells(rec):
     assert c.mutated == {"lst"} and c.error == "ZeroDivisionError"
 
 
+def test_a_mutation_no_name_in_the_cell_refers_to_is_still_seen(rec):
+    cell(rec, "L = [1]\nM = {'a': 1}\nclass C:\n    def __init__(self):\n        self.hook = lambda: M.update(h=1)\n"
+              "def outer():\n    M['b'] = 2\nfns = {'run': outer}\nc = C()")
+    assert cell(rec, "exec('L.append(2)')").mutated == {"L"}, "exec reaches names the cell does not mention"
+    assert cell(rec, "fns['run']()").mutated == {"M"}, "a notebook function held in a dict"
+    assert cell(rec, "c.hook()").mutated == {"M"}, "a notebook function held by an instance"
+
+
 def test_big_values_are_fingerprinted_later_not_in_the_hook(rec):
     rec.defer_above = 1000
     c = cell(rec, "import numpy as np\nbig = np.zeros(10_000)\nsmall = 1")
