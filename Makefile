@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-unit test-e2e lint test-matrix bench clean
+.PHONY: install demo test test-unit test-e2e lint test-matrix bench clean lab test-browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/browser tests
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
@@ -35,6 +35,23 @@ test-matrix:
 
 bench: $(STAMP)
 	bash scripts/run_bench.sh
+
+# JupyterLab and a real browser (make lab, make test-browser): the `browser` extra, apart from `test` to keep it light.
+BROWSER_STAMP := $(VENV)/.browser-stamp
+$(BROWSER_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,browser]'
+	touch $(BROWSER_STAMP)
+
+# JupyterLab from .venv on 127.0.0.1 with the elastic kernel and examples/elastic-demo.ipynb (LAB_PORT, LAB_TOKEN).
+lab: $(BROWSER_STAMP)
+	bash scripts/lab.sh
+
+# JupyterLab in Debian's headless chromium (installed by scripts/install_browser.sh); screenshots land in
+# build/test-browser/artifacts/ (ELASTIC_PROXY_DOCS_IMAGES=docs/images refreshes the README's).
+test-browser: $(BROWSER_STAMP)
+	bash scripts/install_browser.sh
+	mkdir -p build
+	$(BIN)/python -m pytest -q -p no:cacheprovider --basetemp=build/test-browser tests/browser
 
 clean:
 	rm -rf $(VENV) .venv-* build *.egg-info
