@@ -29,6 +29,8 @@ STRIPPED_FEATURES = frozenset({"kernel subshells", "debugger"})
 COUNTED_TYPES = frozenset({"execute_input", "execute_result", "execute_reply"})
 #: Restores smaller than this finish in about the time a progress display would take to notice.
 PROGRESS_MIN_BYTES = 256 * 2**20
+#: Comm messages from the restore (a replayed cell re-creating a widget) reach the client, unlike its other output.
+COMM_TYPES = frozenset({"comm_open", "comm_msg", "comm_close"})
 #: Supervisor <-> agent messages: consumed, never shown to the client.
 AGENT_TYPES = frozenset({"elastic_checkpoint", "elastic_restore"})
 
@@ -147,6 +149,7 @@ class ProtocolState:
     _child_count: int = 0
     _probe: _Probe | None = None
     _internal_ids: set[str] = field(default_factory=set)
+    _child_comms: set[str] = field(default_factory=set)  # opened by the live child: not stale at child_ready
 
     # --- messages from the client ------------------------------------------------------
     def client_message(self, channel: str, msg: WireMessage) -> list[Action]:
@@ -251,7 +254,7 @@ class ProtocolState:
         if kind == "iopub_welcome" or kind in AGENT_TYPES:
             return []
         parent_id = msg.parent_msg_id
-        if parent_id in self._internal_ids:
+        if parent_id in self._internal_ids and kind not in COMM_TYPES:
             if self._probe is not None and self._probe.msg_id == parent_id and self._probe.replied:
                 return self._became_ready()
             return []
@@ -270,6 +273,7 @@ class ProtocolState:
             msg = self._shift_count(msg)
         elif kind == "comm_open":
             self.open_comms[msg.content.get("comm_id", "")] = msg.content.get("target_name", "")
+            self._child_comms.add(msg.content.get("comm_id", ""))
         elif kind == "comm_close":
             self.open_comms.pop(msg.content.get("comm_id", ""), None)
         return [Send("client", IOPUB, msg)]
@@ -444,8 +448,9 @@ class ProtocolState:
         actions: list[Action] = []
         # A comm the client opened while no child was up is not stale: its comm_open waits in the queue for
         # this child. Closing it would make JupyterLab drop it (ipywidgets' jupyter.widget.control comm).
+        # Nor is one this child opened while restoring (a widget re-created by a replayed cell).
         waiting = {m.content.get("comm_id", "") for _, m in self.queued if m.msg_type == "comm_open"}
-        for comm_id in [c for c in self.open_comms if c not in waiting]:
+        for comm_id in [c for c in self.open_comms if c not in waiting | self._child_comms]:
             close = new_message("comm_close", {"comm_id": comm_id, "data": {}}, parent=None,
                                 session=self.session)
             actions.append(Send("client", IOPUB, close))
@@ -468,6 +473,7 @@ class ProtocolState:
         self._summary_id = None
         self._replaying.clear()
         self._internal_ids.clear()
+        self._child_comms.clear()
         actions: list[Action] = []
         crashed_stops = False
         requeue: list[tuple[str, WireMessage]] = []
