@@ -63,7 +63,7 @@ def read_verified(jobs: Sequence[Job], read_one: ReadOne, on_bytes: Callable[[in
     """
     workers = workers or default_workers()
     runs = batches(jobs, workers)
-    if len(runs) <= 1:
+    if workers == 1 or len(runs) <= 1:
         for run in runs:
             _read_run(read_one, run)
             _report(run, on_bytes)

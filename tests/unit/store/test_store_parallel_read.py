@@ -101,7 +101,8 @@ def test_batches_cover_every_job_in_order_and_give_each_worker_work():
     assert len(chunk_reader.batches(jobs[:1], 4)) == 1
 
 
-def test_an_error_cancels_batches_not_started_and_waits_for_running_ones():
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_error_cancels_batches_not_started_and_waits_for_running_ones(workers):
     views = memoryview(np.empty(100 << 20, dtype=np.uint8))  # 100 jobs of 1 MiB: 7 batches of 16
     jobs = [(f"{i:064x}", views[i << 20:(i + 1) << 20]) for i in range(100)]
     started: list[str] = []
@@ -115,7 +116,7 @@ def test_an_error_cancels_batches_not_started_and_waits_for_running_ones():
         finished.append(address)
 
     with pytest.raises(IntegrityError, match=jobs[0][0]):
-        chunk_reader.read_verified(jobs, read_one, workers=2)
+        chunk_reader.read_verified(jobs, read_one, workers=workers)
     assert len(started) < len(jobs)
     assert len(finished) == len(started) - 1  # every batch that started had ended when it raised
     assert reader_threads() == []
