@@ -129,8 +129,9 @@ def measure_restore(parent: str, arrays: dict[str, np.ndarray], repeat: int,
     they show how much of a gap is work and how much is waiting for a core.
 
     The two alternate which goes first, so neither always finds the memory the other just freed
-    or runs while the other's writeback is still going; each starts after the same sync (and with
-    --cold the same drop of the page cache)."""
+    or runs while the other's writeback is still going; each starts after the same sync. Warm: every
+    file of both is read once first, so both are wholly in the page cache whatever memory pressure
+    did since they were written; --cold: the page cache is dropped before each."""
     with fresh_dir(parent, "restore") as root:
         checkpoint(root, arrays)
         pickle_file = os.path.join(root, "baseline.pkl")
@@ -139,6 +140,8 @@ def measure_restore(parent: str, arrays: dict[str, np.ndarray], repeat: int,
             f.flush()
             os.fsync(f.fileno())
         store = open_store("bench", root=root)
+        if not cold:
+            read_every_file(root)
 
         def load_pickle() -> tuple[float, float]:
             drop_caches(cold)
@@ -169,6 +172,14 @@ def measure_restore(parent: str, arrays: dict[str, np.ndarray], repeat: int,
                 store_times.append(load_store())
     pairs = [s[0] / p[0] for s, p in zip(store_times, pickle_times)]
     return min(store_times), min(pickle_times), pairs
+
+
+def read_every_file(root: str) -> None:
+    for directory, _, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(directory, name), "rb", buffering=0) as f:
+                while f.read(MiB):
+                    pass
 
 
 def cpu_seconds() -> float:
