@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-unit test-e2e lint test-matrix bench clean lab test-browser
+.PHONY: install demo test test-unit test-e2e lint test-matrix bench bench-peers clean lab test-browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ test-matrix:
 
 bench: $(STAMP)
 	bash scripts/run_bench.sh
+
+# elastic-proxy against ElasticKernel (PyPI elastic-kernel, newest, in a venv of its own) and plain ipykernel.
+PEERS_VENV ?= .venv-peers
+bench-peers: $(STAMP)
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q --upgrade elastic-kernel
+	BENCH_ONLY=peers_bench BENCH_TARGET="make bench-peers" BENCH_ARGS="--peers-python $(PEERS_VENV)/bin/python" \
+	  BENCH_REPORT=bench/results/peers-$$(date -u +%Y-%m-%d).md bash scripts/run_bench.sh
 
 # JupyterLab and a real browser (make lab, make test-browser): the `browser` extra, apart from `test` to keep it light.
 BROWSER_STAMP := $(VENV)/.browser-stamp
