@@ -479,22 +479,28 @@ def recovery(space: Workspace, length: int, cost: float) -> list[Outcome]:
 def graceful_huge(space: Workspace, huge_mb: int, cost: float) -> list[Outcome]:
     """Small values saved by an earlier reopen (ElasticKernel's checkpoint at shutdown), then a
     `huge_mb` unseeded array from a cell that takes `cost` s, then restart_kernel(): jupyter_client
-    asks for a shutdown, SIGTERMs after shutdown_wait_time / 2 and SIGKILLs after shutdown_wait_time."""
+    asks for a shutdown, SIGTERMs after shutdown_wait_time / 2 and SIGKILLs after shutdown_wait_time.
+    elastic-proxy runs twice: shut down at once like the others, and once its background checkpoint is
+    committed (`%elastic sync` before each shutdown)."""
     outcomes = []
-    label = f"restart_kernel() with {huge_mb} MB"
-    for tool in TOOLS:
-        log(f"graceful restart with {huge_mb} MB: {tool.label}")
+    for tool, settled in [(tool, False) for tool in TOOLS] + [(PROXY, True)]:
+        label = f"restart_kernel() with {huge_mb} MB" + (", after `%elastic sync`" if settled else "")
+        log(f"graceful restart with {huge_mb} MB: {tool.label}{' (settled)' if settled else ''}")
         nb = Notebook(tool, space.notebook(tool, "huge"))
         try:
             for code in BEFORE_SAVE:
                 nb.run(code.format(length=1000, cost=0))
             small = nb.fingerprint()
+            if settled:
+                nb.sync()
             nb.reopen()
             reopened = nb.fingerprint()
             nb.run("import numpy as np\nimport time")
             nb.run(f"huge = np.random.default_rng().random({huge_mb * MB // 8})\ntime.sleep({cost})")
-            newest = nb.fingerprint()
             before = nb.checkpoint_files()
+            if settled:
+                nb.sync()
+            newest = nb.fingerprint()
             started = time.perf_counter()
             nb.restart()
             after = nb.fingerprint(retry_until=time.monotonic() + TIMEOUT)
