@@ -38,7 +38,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ._writeback import start_writeback
 from .cache import BlobCache, default_cache_dir
-from .remote import Prefetcher, os_errors, storage_options_for
+from .remote import Prefetcher, Uploader, os_errors, storage_options_for
 
 TMP_PREFIX = ".tmp-"
 FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -239,6 +239,7 @@ class FsspecBackend:
         cache_dir = default_cache_dir() if self.remote else None
         self.cache = BlobCache(cache_dir) if cache_dir else None
         self.prefetcher = Prefetcher(self.fs)
+        self.uploader = Uploader(self.fs)
 
     def join(self, *parts: str) -> str:
         return posixpath.join(*parts)
@@ -256,25 +257,31 @@ class FsspecBackend:
             return bool(self.fs.exists(path))
 
     def write_new(self, path: str, parts: Buffers) -> int | None:
-        """Put the file once (S3: a conditional PUT, If-None-Match); None if it already exists.
-        Nothing is ever overwritten, and an object is visible only once its upload completed."""
+        """Put the file once (S3: a conditional PUT, If-None-Match), never overwriting; an object
+        is visible only once its upload completed. Blobs are queued (complete after `flush()`);
+        anything else is put at once, after the queued blobs, and None means it existed."""
         data = parts[0] if len(parts) == 1 else b"".join(memoryview(p).cast("B") for p in parts)
         data = bytes(data) if isinstance(data, memoryview) else data
-        try:
-            with os_errors():
-                self.fs.pipe_file(path, data, mode="create")
-        except FileExistsError:
-            return None
         address = _blob_address(path)
-        if self.cache is not None and address is not None:
+        if address is None:
+            self.flush()
+            try:
+                with os_errors():
+                    self.fs.pipe_file(path, data, mode="create")
+            except FileExistsError:
+                return None
+            return len(data)
+        self.uploader.put(path, data)
+        if self.cache is not None:
             self.cache.put(address, data)
         return len(data)
 
     def flush(self) -> None:
-        """Every write_new was complete when it returned."""
+        """Wait for the queued uploads; raises the first one's error."""
+        self.uploader.flush()
 
     def abort(self) -> None:
-        """Nothing is queued."""
+        self.uploader.abort()
 
     def prefetch(self, paths_and_sizes: Sequence[tuple[str, int]]) -> None:
         """Start downloading the blobs a read is about to need (those the cache lacks), in order."""
@@ -357,6 +364,7 @@ class FsspecBackend:
         (fsspec resets its loop in a forked child; the old instance refuses to run there)."""
         self.fs, self.root = fsspec.core.url_to_fs(self.url, skip_instance_cache=True, **self.storage_options)
         self.prefetcher = Prefetcher(self.fs)
+        self.uploader = Uploader(self.fs)
 
 
 def _protocols(fs: Any) -> tuple[str, ...]:

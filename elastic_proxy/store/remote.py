@@ -30,6 +30,7 @@ from fsspec.asyn import sync
 DEFAULT_RETRIES = {"mode": "standard", "max_attempts": 8}
 WINDOW_BLOBS = 32
 WINDOW_BYTES = 64 << 20
+WINDOW_UPLOADS = 16
 
 
 def storage_options_for(url: str, given: dict[str, Any] | None) -> dict[str, Any]:
@@ -115,14 +116,73 @@ class Prefetcher:
 
     def _start(self, path: str) -> Future:
         if getattr(self.fs, "async_impl", False):
-            if not self._connected and hasattr(self.fs, "set_session"):
-                with os_errors():
-                    sync(self.fs.loop, self.fs.set_session)  # once: concurrent first calls would each connect
-            self._connected = True
+            self._connected = self._connected or connect(self.fs)
             return asyncio.run_coroutine_threadsafe(self.fs._cat_file(path), self.fs.loop)
-        future: Future = Future()
+        return _done(self.fs.cat_file, path)
+
+
+class Uploader:
+    """Blob uploads, a bounded window of them in flight on the filesystem's event loop, so a
+    checkpoint is not one round trip per 1 MiB chunk. `flush()` returns once all completed
+    (the store flushes before it commits a manifest that names them) or raises the first error."""
+
+    def __init__(self, fs: Any, window: int = WINDOW_UPLOADS):
+        self.fs = fs
+        self.window = window
+        self._in_flight: deque[Future] = deque()
+        self._connected = False
+
+    def put(self, path: str, data: bytes | bytearray) -> None:
+        if not getattr(self.fs, "async_impl", False):
+            self._in_flight.append(_done(self._put_sync, path, data))
+        else:
+            self._connected = self._connected or connect(self.fs)
+            self._in_flight.append(asyncio.run_coroutine_threadsafe(self._put(path, data), self.fs.loop))
+        while len(self._in_flight) > self.window:
+            self._wait(self._in_flight.popleft())
+
+    def flush(self) -> None:
         try:
-            future.set_result(self.fs.cat_file(path))
-        except Exception as exc:
-            future.set_exception(exc)
-        return future
+            while self._in_flight:
+                self._wait(self._in_flight.popleft())
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        while self._in_flight:
+            self._in_flight.popleft().cancel()
+
+    async def _put(self, path: str, data: bytes | bytearray) -> None:
+        try:
+            await self.fs._pipe_file(path, data, mode="create")
+        except FileExistsError:
+            pass  # the same bytes, put by another writer first
+
+    def _put_sync(self, path: str, data: bytes | bytearray) -> None:
+        try:
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            pass
+
+    @staticmethod
+    def _wait(future: Future) -> None:
+        with os_errors():
+            future.result()
+
+
+def connect(fs: Any) -> bool:
+    """Open the client once before concurrent calls (each would otherwise open its own)."""
+    if hasattr(fs, "set_session"):
+        with os_errors():
+            sync(fs.loop, fs.set_session)
+    return True
+
+
+def _done(function: Any, *args: Any) -> Future:
+    future: Future = Future()
+    try:
+        future.set_result(function(*args))
+    except Exception as exc:
+        future.set_exception(exc)
+    return future

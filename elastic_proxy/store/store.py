@@ -52,6 +52,7 @@ from .secret import load_secret
 from .serialize import pickle_group, unpickle_group
 from .sessions import BLOBS_DIR, SESSION_FILE, SessionInfo, list_sessions
 from .stats import write_stats
+from .writers import SessionConflictError, conflict_message, find_conflict, this_writer
 
 CHUNK_SIZE = 1 << 20
 GRACE_SECONDS = 600.0
@@ -82,11 +83,22 @@ class Store:
         self._manifests_dir = self._backend.join(self.session_dir, "manifests")
         self._secret = load_secret(secret_file)
         self._known: dict[str, float] = {}  # address -> when we last saw it on the store
+        self.writer = this_writer()
+        self._horizon: int | None = None  # newest generation when this writer first looked
+        self._writer_checked = False
+
+    @property
+    def remote(self) -> bool:
+        """An object store: uploads belong in a background process, never on the cell's path."""
+        return bool(getattr(self._backend, "remote", False))
 
     # ---- writing -------------------------------------------------------------------------
 
     def put_group(self, objs: Mapping[str, Any]) -> GroupRef:
         """Pickle one alias group together and write its blobs; unchanged chunks are skipped."""
+        if not self._writer_checked:  # before uploading anything: a refused writer uploads nothing
+            self._refuse_if_another_writer(None)
+            self._writer_checked = True
         pickled = pickle_group(objs)
         written: set[str] = set()
         try:
@@ -134,12 +146,13 @@ class Store:
         """
         existing = [generation for generation, _ in self._manifest_files()]
         generation = max(existing, default=0) + 1
+        self._refuse_if_another_writer(None if parent is _AUTO else parent)
         if parent is _AUTO:
             newest = self.latest()
             parent = newest.generation if newest else None
         try:
             raw = build_document(body, session=self.session, generation=generation, parent=parent,
-                                 created=time.time(), secret=self._secret)
+                                 created=time.time(), secret=self._secret, writer=self.writer.to_json())
         except (TypeError, ValueError) as exc:
             raise StoreError(f"manifest body is not plain JSON: {exc}") from exc
         try:
@@ -151,6 +164,15 @@ class Store:
             self._fail(exc, f"writing manifest {generation}")
         write_stats.manifests_written += 1
         return generation
+
+    def _refuse_if_another_writer(self, parent: int | None) -> None:
+        """Raise SessionConflictError if another kernel committed since this one's base."""
+        if self._horizon is None:
+            self._manifest_files()
+        base = max(self._horizon or 0, parent or 0)
+        other = find_conflict(self._read_manifests(above=base), self.writer.id, base)
+        if other is not None:
+            raise SessionConflictError(conflict_message(self.session, other, base))
 
     def _write_session_file(self) -> None:
         path = self._backend.join(self.session_dir, SESSION_FILE)
@@ -178,6 +200,7 @@ class Store:
     def after_fork(self) -> None:
         """Call in a forked child before writing (a remote filesystem needs a fresh client)."""
         self._backend.after_fork()
+        self._writer_checked = False
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -218,6 +241,7 @@ class Store:
         """
         if not isinstance(ref, GroupRef):
             ref = GroupRef.from_json(ref)
+        self._backend.prefetch([(self._blob_path(address), size) for address, size in ref.blobs()])
         stream = self._read_blob(ref.stream, ref.stream_size)
         if on_bytes:
             on_bytes(len(stream))
@@ -262,11 +286,13 @@ class Store:
             manifest.mark_invalid(problems[0])
         return problems
 
-    def _read_manifests(self, only: int | None = None) -> Iterator[Manifest]:
+    def _read_manifests(self, only: int | None = None, above: int | None = None) -> Iterator[Manifest]:
         newest_first = sorted(self._manifest_files(), key=lambda gi: (gi[0], gi[1].name), reverse=True)
         for generation, info in newest_first:
             if only is not None and generation != only:
                 continue
+            if above is not None and generation <= above:
+                break
             try:
                 raw = self._backend.read_bytes(info.path)
             except FileNotFoundError:  # removed by a concurrent gc since the listing
@@ -281,6 +307,8 @@ class Store:
             generation = parse_manifest_name(info.name)
             if generation is not None:
                 found.append((generation, info))
+        if self._horizon is None:
+            self._horizon = max((generation for generation, _ in found), default=0)
         return found
 
     def _missing(self, manifest: Manifest, present: set[str]) -> str | None:
@@ -339,6 +367,7 @@ class Store:
     def forget(self) -> GcReport:
         """Delete this whole session (`%elastic reset`, the CLI), then the blobs only it used."""
         self._backend.remove_tree(self.session_dir)
+        self._horizon = 0
         report = GcReport()
         self._sweep(report)
         return report
