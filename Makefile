@@ -61,5 +61,26 @@ test-browser: $(BROWSER_STAMP)
 	mkdir -p build
 	$(BIN)/python -m pytest -q -p no:cacheprovider --basetemp=build/test-browser tests/browser
 
+# The README's library coverage table (coverage_table/): specimen libraries go into .venv, not the project's deps.
+COVERAGE_LIBS := $(VENV)/.coverage-libs-stamp
+COVERAGE_HEAVY := $(VENV)/.coverage-heavy-stamp
+.PHONY: coverage-table coverage-check
+
+$(COVERAGE_LIBS): $(STAMP) coverage_table/requirements.txt
+	$(BIN)/python -m pip install -q -r coverage_table/requirements.txt
+	touch $@
+
+$(COVERAGE_HEAVY): $(COVERAGE_LIBS) coverage_table/requirements-heavy.txt
+	$(BIN)/python -m pip install -q -r coverage_table/requirements-heavy.txt
+	touch $@
+
+# Every specimen through real kernels; rewrites README.md's table and coverage_table/results.json.
+coverage-table: $(COVERAGE_HEAVY)
+	$(BIN)/python -m coverage_table
+
+# CI: the same without the heavy libraries (their rows from coverage_table/results.json); fails if README.md is stale.
+coverage-check: $(COVERAGE_LIBS)
+	$(BIN)/python -m coverage_table --check --skip-heavy
+
 clean:
 	rm -rf $(VENV) .venv-* build *.egg-info
