@@ -23,6 +23,14 @@ VIEWPORT = {"width": 1100, "height": 640}
 OOM_KERNEL = "Python 3 (elastic, 1 GiB)"
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Keep each phase's report on the test item, so the page fixture knows whether the test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("artifacts", numbered=False)
@@ -76,6 +84,9 @@ def notebook(lab: LabServer, browser: Browser, shots, artifacts: Path,
     watch.attach(page)
     try:
         yield Notebook(page, lab, watch, shots)
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:
+            page.screenshot(path=str(artifacts / f"{request.node.name}.failed.png"))
     finally:
         (artifacts / f"{request.node.name}.console.log").write_text("\n".join(watch.console))
         (artifacts / f"{request.node.name}.kernel-messages.log").write_text("\n".join(watch.kernel_messages))

@@ -205,6 +205,12 @@ class Notebook:
             self.page.click(".jp-Dialog .jp-mod-accept")
         self.page.wait_for_selector(".jp-NotebookPanel", timeout=60_000)
         self._hide_sidebar()
+        # Before its kernel is attached, the toolbar indicator of a notebook already says idle: wait for the
+        # status bar to name a kernel that is idle (a cell run earlier would ask which kernel to use).
+        self.page.wait_for_function(
+            "() => [...document.querySelectorAll('.jp-StatusBar-TextItem')]"
+            ".some(e => / \\| Idle$/.test(e.innerText) && !e.innerText.startsWith('No Kernel'))",
+            timeout=90_000)
         self.wait_idle(timeout=90)
 
     def _hide_sidebar(self) -> None:

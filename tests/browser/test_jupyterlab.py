@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +25,7 @@ STOCK = "Python 3 (ipykernel)"
 BUILD_STATE = "import numpy as np\nx = 41\nrows = {'a': [1, 2, 3]}\nnoise = np.random.rand(1000)\ntotal = noise.sum()"
 SHOW_STATE = "print(x + 1, rows['a'], noise.sum() == total)"
 STATE_SHOWN = "42 [1, 2, 3] True"
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "elastic-demo.ipynb"
 # What JupyterLab's indicator shows when it believes the kernel restarted or died; a crash the supervisor
 # absorbs must show none of them.
 RESTART_STATUSES = {"restarting", "autorestarting", "dead", "terminating", "unknown", "starting", "connecting"}
@@ -177,6 +180,28 @@ def test_a_large_restore_shows_its_progress_in_the_waiting_cell(notebook: Notebo
     final = notebook.output(cell)
     assert "elastic-proxy: restored 1,024 MiB" in final and "(100663296,) (33554432,) 41" in final, final
     assert_recovered_quietly(notebook, before)
+
+
+def test_the_demo_notebook_of_make_lab_runs_cell_by_cell(notebook: Notebook):
+    """examples/elastic-demo.ipynb as a user runs it: Shift+Enter on each cell, one of which kills the kernel."""
+    shutil.copyfile(DEMO, notebook.server.root_dir / DEMO.name)
+    notebook.open(DEMO.name)  # the notebook names its kernel, python3-elastic
+    code_cells = notebook.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell")
+    outputs = []
+    for index in range(code_cells.count()):
+        cell = code_cells.nth(index)
+        cell.locator(".cm-content").click()
+        notebook.page.keyboard.press("Shift+Enter")
+        notebook.wait_done(cell, timeout=120)
+        outputs.append(notebook.output(cell))
+    died = [text for text in outputs if "KernelDied" in text]
+    assert len(died) == 1 and "SIGKILL" in died[0], outputs
+    after = outputs[outputs.index(died[0]) + 1]
+    assert "elastic: restored generation" in after and "(1000, 1000)" in after, after
+    assert code_cells.nth(outputs.index(died[0]) + 2).locator(".widget-slider").count() == 1
+    notebook.wait_idle()
+    notebook.screenshot("elastic-0-demo")
+    notebook.assert_clean()
 
 
 def test_stock_ipykernel_shows_a_dialog_and_loses_the_variables(notebook: Notebook):
