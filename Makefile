@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-unit test-e2e lint test-matrix bench bench-peers clean lab test-browser
+.PHONY: install demo test test-unit test-e2e lint test-matrix bench bench-peers clean lab test-browser test-s3
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/browser tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/browser -m "not s3_slow" tests
+
+# Checkpoints through S3 (moto's server on loopback): all of them, with the fault and network-namespace tests.
+test-s3: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/e2e/test_s3_store.py tests/unit/store/test_s3_pure_logic.py
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit

@@ -2,6 +2,12 @@
 
 Created once, 32 random bytes, file 0600 in a 0700 dir. A secret that others can read could be
 used to forge a manifest that we would then unpickle, so a readable one is refused.
+
+Every host that restores a session must hold the same secret. A cluster provides it either as a
+file ($ELASTIC_PROXY_SECRET_FILE, e.g. a Kubernetes secret volume with defaultMode 0400: 32 raw
+bytes, or 64 hex digits as `openssl rand -hex 32` writes them), or in $ELASTIC_PROXY_SECRET (64
+hex digits, e.g. from a secretKeyRef), which wins over any file: a pod whose fsGroup makes
+mounted secrets group-readable cannot pass the file check.
 """
 
 from __future__ import annotations
@@ -14,10 +20,15 @@ from .errors import StoreError
 from .paths import secret_path
 
 SECRET_BYTES = 32
+SECRET_VALUE_ENV = "ELASTIC_PROXY_SECRET"
 _cache: dict[str, bytes] = {}
 
 
 def load_secret(path: str | None = None) -> bytes:
+    """The secret of `path`, else of $ELASTIC_PROXY_SECRET, else of the default file (made if missing)."""
+    value = os.environ.get(SECRET_VALUE_ENV)
+    if path is None and value:
+        return parse_secret(value.encode("ascii", "replace"), f"${SECRET_VALUE_ENV}")
     path = path or secret_path()
     if path not in _cache:
         if not os.path.exists(path):
@@ -51,8 +62,19 @@ def _read(path: str) -> bytes:
     if stat.S_IMODE(mode) & 0o077:
         raise StoreError(f"the secret {path} is readable by other users; run: chmod 600 {path}")
     with open(path, "rb") as f:
-        data = f.read()
-    if len(data) != SECRET_BYTES:
-        raise StoreError(f"the secret {path} is not {SECRET_BYTES} bytes long; delete it to make a new one "
-                         "(older checkpoints then no longer verify)")
-    return data
+        return parse_secret(f.read(), path)
+
+
+def parse_secret(data: bytes, where: str) -> bytes:
+    """32 raw bytes, or their 64 hex digits (surrounding whitespace ignored). The error never
+    shows the value."""
+    if len(data) == SECRET_BYTES:
+        return data
+    text = data.strip()
+    if len(text) == 2 * SECRET_BYTES:
+        try:
+            return bytes.fromhex(text.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            pass
+    raise StoreError(f"the secret in {where} is neither {SECRET_BYTES} bytes nor {2 * SECRET_BYTES} hex digits; "
+                     "give it a new one (older checkpoints then no longer verify)")

@@ -5,7 +5,8 @@ Each "host" has its own HOME, Jupyter data and runtime dirs, working dir and blo
 its own copy of the shared HMAC secret (as a Kubernetes secret mounted on two pods). The server
 sits behind tests/s3_server.FaultGateway, a TCP relay the fault tests stop, restart or make
 answer 500/503. Where the machine allows it (root and `ip netns`), the two-host test also runs
-each host's kernel in its own network namespace, reaching S3 over a veth pair.
+each host's kernel in its own network namespace, reaching S3 over a veth pair. The tests marked
+s3_slow run with `make test-s3`, not in `make test`.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class Host:
     secret: bytes
     netns: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    secret_in_env: bool = False  # ELASTIC_PROXY_SECRET (a secretKeyRef) rather than a mounted file
 
     def __post_init__(self) -> None:
         for sub in ("home/work", "data"):
@@ -102,7 +104,8 @@ class Host:
             "IPYTHONDIR": str(self.root / "ipython"),
             "JPY_SESSION_NAME": str(home / NOTEBOOK),  # what jupyter_server 2.x sets: an absolute path
             "ELASTIC_PROXY_STORE": f"s3://{BUCKET}/{prefix}",
-            "ELASTIC_PROXY_SECRET_FILE": str(self.root / "secret"),
+            **({"ELASTIC_PROXY_SECRET": self.secret.hex()} if self.secret_in_env
+               else {"ELASTIC_PROXY_SECRET_FILE": str(self.root / "secret")}),
             **self.extra_env,
         }
 
@@ -182,10 +185,11 @@ def assert_every_generation_sound(host: Host, prefix: str) -> int:
 def two_hosts(tmp_path: Path, endpoint_a: str, endpoint_b: str | None = None, **extra: str) -> tuple[Host, Host]:
     secret = os.urandom(32)
     return (Host(tmp_path / "host-a", endpoint_a, secret, extra_env=dict(extra)),
-            Host(tmp_path / "host-b", endpoint_b or endpoint_a, secret, extra_env=dict(extra)))
+            Host(tmp_path / "host-b", endpoint_b or endpoint_a, secret, extra_env=dict(extra), secret_in_env=True))
 
 
-def migrate(host_a: Host, host_b: Host, prefix: str, how: str, kernel_name: str = KERNEL_NAME) -> None:
+def migrate(host_a: Host, host_b: Host, prefix: str, how: str, kernel_name: str = KERNEL_NAME) -> str:
+    """Host A builds the state and dies (or shuts down); host B restores it. Returns what B showed."""
     with host_a.kernel(prefix, kernel_name) as (km, kc):
         before = build_state(kc)
         if how == "sigkill":
@@ -199,46 +203,45 @@ def migrate(host_a: Host, host_b: Host, prefix: str, how: str, kernel_name: str 
         assert stdout_of(outputs) == before
         assert "restored" in all_text(outputs)
         assert "True" in ok(kc, "print(big[12345] == -1.0 and table['a'][-1] == 4)")
+        _, status = run(kc, "%elastic status")
+        _, listing = run(kc, "%elastic checkpoints")
     assert_every_generation_sound(host_a, prefix)
+    return all_text(outputs + status + listing)
 
 
-@pytest.mark.parametrize("how", ["sigkill", "shutdown"])
-def test_a_session_moves_to_another_host_through_s3(tmp_path, gateway, how):
+@pytest.mark.parametrize("how", ["sigkill", pytest.param("shutdown", marks=pytest.mark.s3_slow)])
+def test_a_session_moves_to_another_host_through_s3(tmp_path, gateway, s3, how):
     host_a, host_b = two_hosts(tmp_path, gateway.endpoint)
     prefix = f"move-{how}-{uuid.uuid4().hex[:6]}"
-    migrate(host_a, host_b, prefix, how)
+    shown = migrate(host_a, host_b, prefix, how)
     blobs_on_b = list(host_b.cache.rglob("*"))
     assert any(p.is_file() for p in blobs_on_b), "host B's restore did not fill its cache"
-    for path in [host_a.log, host_b.log]:
-        text = path.read_bytes()
-        assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"].encode() not in text
-        assert host_a.secret.hex().encode() not in text and host_a.secret not in text
+    assert_no_secret_in([shown.encode(), host_a.log.read_bytes(), host_b.log.read_bytes(),
+                         *manifests_of(s3, prefix)], host_a.secret)
 
 
-def test_no_secret_reaches_a_manifest_or_a_report(tmp_path, gateway, s3):
-    host_a, _ = two_hosts(tmp_path, gateway.endpoint)
-    prefix = f"secrets-{uuid.uuid4().hex[:6]}"
-    with host_a.kernel(prefix) as (_, kc):
-        build_state(kc)
-        status = ok(kc, "%elastic status")
-        _, outputs = run(kc, "%elastic checkpoints")
+def manifests_of(s3: MotoServer, prefix: str) -> list[bytes]:
     import s3fs
 
     fs = s3fs.S3FileSystem(key=CREDENTIALS["AWS_ACCESS_KEY_ID"], secret=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
                            endpoint_url=s3.endpoint, skip_instance_cache=True)
-    manifests = [p for p in fs.find(f"{BUCKET}/{prefix}") if p.endswith(".json")]
-    assert manifests
-    texts = [fs.cat_file(p) for p in manifests] + [status.encode(), all_text(outputs).encode(),
-                                                    host_a.log.read_bytes()]
+    found = [fs.cat_file(p) for p in fs.find(f"{BUCKET}/{prefix}") if p.endswith(".json")]
+    assert found
+    return found
+
+
+def assert_no_secret_in(texts: list[bytes], hmac_secret: bytes) -> None:
+    """Neither the AWS credentials nor the signing secret (raw or hex) in any of them."""
     for text in texts:
         for secret in (CREDENTIALS["AWS_SECRET_ACCESS_KEY"].encode(), CREDENTIALS["AWS_ACCESS_KEY_ID"].encode(),
-                       host_a.secret, host_a.secret.hex().encode()):
+                       hmac_secret, hmac_secret.hex().encode()):
             assert secret not in text
 
 
 CHECKPOINTER = "ck = __import__('elastic_proxy.inner_agent', fromlist=['_']).get_agent(get_ipython()).checkpointer\n"
 
 
+@pytest.mark.s3_slow
 def test_upload_survives_the_server_going_away_and_coming_back(tmp_path, gateway):
     host_a, host_b = two_hosts(tmp_path, gateway.endpoint, AWS_MAX_ATTEMPTS="2")
     prefix = f"down-{uuid.uuid4().hex[:6]}"
@@ -278,6 +281,7 @@ def assert_every_generation_sound_offline(host: Host, prefix: str, gateway: Faul
         side.down()
 
 
+@pytest.mark.s3_slow
 @pytest.mark.parametrize("status", [503, 500])
 def test_a_throttling_or_failing_server_for_a_while(tmp_path, gateway, status):
     host_a, host_b = two_hosts(tmp_path, gateway.endpoint)
@@ -395,6 +399,7 @@ def netns_kernelspec(kernel_prefix: Path, namespace: str) -> str:
     return name
 
 
+@pytest.mark.s3_slow
 def test_two_hosts_in_separate_network_namespaces(tmp_path, s3, kernel_prefix):
     reason = _netns_unavailable()
     if reason:

@@ -15,6 +15,8 @@ from elastic_proxy.store.manifest import Manifest
 from elastic_proxy.store.remote import DEFAULT_RETRIES, storage_options_for
 from elastic_proxy.store.writers import conflict_message, find_conflict
 
+pytestmark = pytest.mark.s3
+
 
 def test_two_hosts_with_different_homes_name_the_notebook_alike(tmp_path):
     a = {"JPY_SESSION_NAME": "/home/alice/work/analysis.ipynb", "HOME": "/home/alice"}
@@ -110,3 +112,26 @@ def test_a_damaged_cache_entry_is_evicted_not_returned(tmp_path, damage):
     with open(path, "r+b") as f:
         f.write(b"\0")
     assert cache.read(address) is None and not os.path.exists(path)
+
+
+def test_a_cluster_secret_comes_as_raw_bytes_hex_text_or_an_environment_variable(tmp_path, monkeypatch):
+    from elastic_proxy.store.errors import StoreError
+    from elastic_proxy.store.secret import load_secret, parse_secret
+
+    raw = os.urandom(32)
+    assert parse_secret(raw, "f") == raw
+    assert parse_secret(raw.hex().encode() + b"\n", "f") == raw
+    with pytest.raises(StoreError) as bad:
+        parse_secret(b"not-a-secret-" * 3, "f")
+    assert "not-a-secret" not in str(bad.value)
+    hex_file = tmp_path / "mounted"
+    hex_file.write_text(raw.hex() + "\n")
+    hex_file.chmod(0o400)
+    assert load_secret(str(hex_file)) == raw
+    other = os.urandom(32)
+    monkeypatch.setenv("ELASTIC_PROXY_SECRET", other.hex())
+    assert load_secret() == other
+    assert load_secret(str(hex_file)) == raw  # an explicit file still wins
+    monkeypatch.setenv("ELASTIC_PROXY_SECRET", "short")
+    with pytest.raises(StoreError):
+        load_secret()
