@@ -199,6 +199,26 @@ def _group_costs(
     return groups
 
 
+PROGRESS_STEP_BYTES = 32 << 20
+
+
+def _byte_progress(progress: Callable[[str, int, int], None] | None, done: int,
+                   total: int) -> Callable[[int], None] | None:
+    """Progress within one group, every PROGRESS_STEP_BYTES: a large group streamed from S3 takes
+    a while, and a per-group report would say nothing until it ends."""
+    if progress is None:
+        return None
+    state = {"done": done, "said": done}
+
+    def on_bytes(count: int) -> None:
+        state["done"] += count
+        if state["done"] - state["said"] >= PROGRESS_STEP_BYTES:
+            state["said"] = state["done"]
+            progress("load", min(state["done"], total), total)
+
+    return on_bytes
+
+
 def _restore_manifest(
     shell: Any,
     store: Any,
@@ -225,7 +245,7 @@ def _restore_manifest(
     done = 0
     for gid in sorted(the_plan.migrate, key=lambda g: refs[g].size):
         try:
-            objs = store.load_group(refs[gid])
+            objs = store.load_group(refs[gid], on_bytes=_byte_progress(progress, done, total))
         except SerializationError as exc:
             for name in groups[gid].names:
                 lost[name] = f"stored, but could not be loaded: {exc}"

@@ -350,6 +350,25 @@ def test_two_kernels_writing_one_session_are_detected(tmp_path, gateway):
     assert_every_generation_sound(host_a, prefix)
 
 
+@pytest.mark.s3_slow
+def test_a_restore_streamed_from_s3_reports_its_progress_in_bytes(tmp_path, gateway):
+    import numpy as np
+
+    from elastic_proxy.inner_agent.restore import PROGRESS_STEP_BYTES, _byte_progress
+
+    host, _ = two_hosts(tmp_path, gateway.endpoint)
+    prefix = f"progress-{uuid.uuid4().hex[:6]}"
+    value = np.random.default_rng().random(96 * 2**20 // 8)  # 96 MiB in one group
+    ref = store_of(host, prefix).put_group({"value": value})
+    reader = store_of(host, prefix)  # another process's view: no cache, every byte from S3
+    said: list[tuple[str, int, int]] = []
+    loaded = reader.load_group(ref, on_bytes=_byte_progress(lambda *a: said.append(a), 0, ref.size))
+    assert np.array_equal(loaded["value"], value)
+    assert len(said) >= ref.size // PROGRESS_STEP_BYTES - 1 >= 2, said
+    assert [d for _, d, _ in said] == sorted(d for _, d, _ in said) and said[-1][1] <= ref.size
+    assert reader._backend.prefetcher.bytes_fetched >= value.nbytes
+
+
 # ---- separate network namespaces ---------------------------------------------------------------
 
 def _netns_unavailable() -> str | None:
