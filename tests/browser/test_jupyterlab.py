@@ -200,6 +200,7 @@ def test_the_demo_notebook_of_make_lab_runs_cell_by_cell(notebook: Notebook):
     assert "elastic: restored generation" in after and "(1000, 1000)" in after, after
     assert code_cells.nth(outputs.index(died[0]) + 2).locator(".widget-slider").count() == 1
     notebook.wait_idle()
+    code_cells.nth(outputs.index(died[0])).evaluate("cell => cell.scrollIntoView({block: 'start'})")
     notebook.screenshot("elastic-0-demo")
     notebook.assert_clean()
 
