@@ -7,6 +7,7 @@ know only the shell's namespace and the store.
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import os
 import sys
@@ -90,8 +91,19 @@ class Agent:
         self.recorder.adopt([n for n in self.shell.user_ns if n not in self.recorder.fingerprints])
         self.shell.events.register("pre_run_cell", self._before_cell)
         self.shell.events.register("post_run_cell", self._after_cell)
+        atexit.register(self._hand_over)
+
+    def _hand_over(self) -> None:
+        """At the kernel's exit (shutdown, restart): start writing what is not committed, without
+        waiting. Otherwise a restart right after a big cell loses the cells since the last commit;
+        forked writers outlive the kernel, and the next kernel's restore waits for them."""
+        try:
+            self.checkpointer.poll()
+        except Exception as exc:
+            self._hook_failed("exit", exc)
 
     def stop(self) -> None:
+        atexit.unregister(self._hand_over)
         for event, hook in (("pre_run_cell", self._before_cell), ("post_run_cell", self._after_cell)):
             try:
                 self.shell.events.unregister(event, hook)

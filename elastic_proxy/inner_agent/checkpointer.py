@@ -210,6 +210,7 @@ class Checkpointer:
         self.last_cell: int | None = None
         self.last_error: str | None = None
         self.forks = 0
+        self.failures = 0  # writes that ended in an error since the kernel started (%elastic status)
         self.writer_timeout = WRITER_TIMEOUT
         self.parent: int | None = None
         self._last_committed_cell: int | None = None
@@ -320,6 +321,7 @@ class Checkpointer:
             "pending_names": sorted(self.changed),
             "unserializable": dict(sorted(self.problems.items())),
             "last_error": self.last_error,
+            "failures": self.failures,
         }
 
     # writing ---------------------------------------------------------------------------------
@@ -460,6 +462,7 @@ class Checkpointer:
             if self.last_error is None:  # said once when checkpoints start failing, not after every cell
                 print(f"elastic-proxy: checkpoint failed, the previous one is kept: {outcome.error}", file=sys.stderr)
             self.last_error = outcome.error
+            self.failures += 1
             self.changed |= job.changed_names
             self.needs_commit = True
             return
@@ -511,6 +514,12 @@ def _snapshot_process(
     try:
         gc.disable()
         os.close(read_fd)
+        # Its own process group: the signals meant for the kernel (an interrupt's SIGINT, the
+        # SIGTERM/SIGKILL of a shutdown, sent to the kernel's group) must not end a write that a
+        # restart is about to need. With no kernel left to watch it, it limits its own lifetime.
+        os.setpgid(0, 0)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.alarm(int(WRITER_TIMEOUT))
         hold_while_writing(store)  # first: a restore after the kernel's death waits for this write
         os.nice(BACKGROUND_NICENESS)
         sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the process ends with os._exit)

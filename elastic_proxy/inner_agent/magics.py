@@ -48,6 +48,7 @@ def status_bundle(agent: Any) -> dict[str, str]:
     if st["unserializable"]:
         rows.append(("recompute-only", ", ".join(st["unserializable"])))
     rows.append(("last error", st["last_error"] or "none"))
+    rows.append(("failed writes", str(st["failures"])))
     return _table("elastic checkpoint status", rows)
 
 

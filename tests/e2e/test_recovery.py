@@ -229,6 +229,51 @@ def test_a_kill_right_after_a_big_cell_loses_no_completed_cell(tmp_path, session
         assert log_path.read_text() == "kept\n"
 
 
+BIG_CELL = "a = np.random.rand(50_000_000)\ndigest = hashlib.sha256(a.tobytes()).hexdigest()\nsmall = [1, 2]"
+
+
+@pytest.mark.parametrize("ending", ["restart", "reopen"])
+def test_a_graceful_end_right_after_a_big_cell_loses_no_cell(tmp_path, session_env, ending):
+    """restart_kernel() or closing the notebook while the 400 MB cell is still being written, and
+    with one more cell not written at all: the kernel's exit starts a writer for what is left, the
+    writers are not in the kernel's process group (its shutdown signals do not reach them), and the
+    next kernel's restore waits for them. Every completed cell comes back exactly."""
+    with elastic_kernel("elastic-recovery", env=session_env) as (km, kc):
+        run(kc, "import numpy as np, hashlib")
+        run(kc, BIG_CELL)
+        run(kc, "small.append(3)")
+        before = expression(kc, "digest")
+        if ending == "restart":
+            km.restart_kernel(now=False)
+            kc.wait_for_ready(timeout=120)
+            reply, outputs = run(kc, "print(hashlib.sha256(a.tobytes()).hexdigest(), small)")
+    if ending == "reopen":
+        with elastic_kernel("elastic-recovery", env=session_env) as (_, kc):
+            reply, outputs = run(kc, "print(hashlib.sha256(a.tobytes()).hexdigest(), small)")
+    assert reply["status"] == "ok", (reply, outputs)
+    assert stdout_of(outputs) == f"{before.strip(chr(39))} [1, 2, 3]\n", report_text(outputs)
+
+
+def test_an_interrupt_does_not_stop_a_checkpoint_being_written(tmp_path, session_env):
+    """The interrupt's SIGINT goes to the kernel's process group; the writer has its own, so the
+    write in flight completes (no second attempt) and a SIGKILL afterwards restores it."""
+    checkpointer = "__import__('elastic_proxy.inner_agent', fromlist=['_']).get_agent(get_ipython()).checkpointer"
+    with elastic_kernel("elastic-recovery", env=session_env) as (km, kc):
+        run(kc, "import numpy as np, hashlib")
+        run(kc, BIG_CELL)
+        before = expression(kc, "digest")
+        threading.Timer(0.3, km.interrupt_kernel).start()
+        cell = f"ck = {checkpointer}\nfailures, in_flight = ck.failures, ck.busy\nimport time; time.sleep(20)"
+        reply, _ = run(kc, cell)
+        assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
+        assert expression(kc, "in_flight") == "True", "the write ended before the interrupt: nothing tested"
+        expression(kc, WAIT_FOR_CHECKPOINT)
+        assert expression(kc, "(ck.failures - failures, ck.last_error)") == "(0, None)"
+        os.kill(child_pid(kc), signal.SIGKILL)
+        reply, outputs = run(kc, "print(hashlib.sha256(a.tobytes()).hexdigest())")
+        assert stdout_of(outputs) == f"{before.strip(chr(39))}\n", report_text(outputs)
+
+
 def test_without_a_notebook_path_a_death_still_restores(tmp_path):
     """nbclient, papermill and plain jupyter_client set no JPY_SESSION_NAME: the session is the kernel's."""
     env = {k: v for k, v in os.environ.items() if k not in ("JPY_SESSION_NAME", "ELASTIC_PROXY_SESSION")}
