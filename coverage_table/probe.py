@@ -1,7 +1,7 @@
 """One specimen through real kernels, three ways; prints what it saw as one JSON line.
 
-`python -m coverage_table.probe KEY` (the runner starts one per specimen, in the private Jupyter
-environment it set up). A notebook session `coverage/KEY.ipynb` runs the specimen's cells on
+`python -m coverage_table.probe KEY LOG SESSION` (the runner starts one per specimen, in the private
+Jupyter environment it set up). A notebook session SESSION (`coverage/KEY-1.ipynb`) runs the specimen's cells on
 python3-elastic and waits for the checkpoint; then
 - crash: SIGKILL of the kernel child (its pid from usage_request), the automatic restore;
 - migrate / recompute: a new kernel that does not restore by itself (`--no-restore`) restores
@@ -35,10 +35,6 @@ REPORT_FIELDS = ("generation", "restored", "recomputed", "lost", "mismatched", "
 
 class ProbeError(Exception):
     """The kernel answered with an error (message: `Name: value`)."""
-
-
-def session_name(specimen: Specimen) -> str:
-    return f"coverage/{specimen.key}.ipynb"
 
 
 def digest_expression(fingerprint: str) -> str:
@@ -113,21 +109,21 @@ def forced_path(specimen: Specimen, env: dict[str, str], log: BinaryIO, generati
         return seen
 
 
-def stored_variables(specimen: Specimen, generation: int) -> dict[str, Any]:
+def stored_variables(specimen: Specimen, session: str, generation: int) -> dict[str, Any]:
     """The manifest's entries for the specimen's names: type, opaque, recompute_only (why not stored).
     Only the signed JSON manifest is read; nothing is unpickled."""
     from elastic_proxy.store import open_store
 
-    manifest = open_store(session_name(specimen)).read_manifest(generation)
+    manifest = open_store(session).read_manifest(generation)
     if not manifest.valid:
         raise ProbeError(f"generation {generation} is not valid: {manifest.problem}")
     variables = manifest.body.get("variables", {})
     return {name: variables.get(name) for name in specimen.names}
 
 
-def observe(specimen: Specimen, log: BinaryIO) -> dict[str, Any]:
+def observe(specimen: Specimen, session: str, log: BinaryIO) -> dict[str, Any]:
     """Everything the verdicts need, as JSON; a path that could not be run says why."""
-    env = {"JPY_SESSION_NAME": session_name(specimen)}
+    env = {"JPY_SESSION_NAME": session}
     seen: dict[str, Any] = {"key": specimen.key, "setup_error": None, "paths": {}}
     with kernel(KERNEL_NAME, env, log) as kc:
         for number, code in enumerate(specimen.cells, 1):
@@ -144,7 +140,7 @@ def observe(specimen: Specimen, log: BinaryIO) -> dict[str, Any]:
         except ProbeError as exc:
             seen["setup_error"] = f"the fingerprint raised {exc} before any restore"
             return seen
-        seen["variables"] = stored_variables(specimen, generation)
+        seen["variables"] = stored_variables(specimen, session, generation)
         seen["paths"]["crash"] = guarded(lambda: crash_path(kc, specimen))
     for path, mode in (("migrate", "load"), ("recompute", "recompute")):
         seen["paths"][path] = guarded(lambda mode=mode: forced_path(specimen, env, log, generation, mode))
@@ -161,11 +157,12 @@ def guarded(action: Any) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     by_key = {s.key: s for s in SPECIMENS}
-    if len(argv) != 2 or argv[0] not in by_key:
-        print(f"usage: python -m coverage_table.probe KEY LOG (KEY one of {', '.join(by_key)})", file=sys.stderr)
+    if len(argv) != 3 or argv[0] not in by_key:
+        print(f"usage: python -m coverage_table.probe KEY LOG SESSION (KEY one of {', '.join(by_key)})",
+              file=sys.stderr)
         return 2
     with open(argv[1], "ab") as log:
-        print(json.dumps(observe(by_key[argv[0]], log)))
+        print(json.dumps(observe(by_key[argv[0]], argv[2], log)))
     return 0
 
 

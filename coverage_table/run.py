@@ -83,14 +83,33 @@ def version_of(library: str) -> str:
         return "not installed"
 
 
-def probe(specimen: Specimen, root: Path, url: str) -> dict[str, Any]:
+def infrastructure_failure(observation: dict[str, Any]) -> str | None:
+    """Why the probe itself failed (a kernel that never answered, a timeout), as opposed to a verdict."""
+    reasons = [observation.get("setup_error") or ""]
+    reasons += [(seen or {}).get("error") or "" for seen in observation.get("paths", {}).values()]
+    return next((r for r in reasons if r.startswith(("the probe exited", "the probe failed", "the probe did"))), None)
+
+
+def probe_with_retry(specimen: Specimen, root: Path, url: str) -> dict[str, Any]:
+    """A probe that failed for a reason of its own is run once more: one kernel that died on a loaded
+    machine must not flip a table cell (a failure that repeats stays in the table)."""
+    observation = probe(specimen, root, url, attempt=1)
+    why = infrastructure_failure(observation)
+    if why is None:
+        return observation
+    print(f"  retrying {specimen.key}: {why}", flush=True)
+    return probe(specimen, root, url, attempt=2)
+
+
+def probe(specimen: Specimen, root: Path, url: str, attempt: int) -> dict[str, Any]:
     """Observe one specimen in a subprocess of its own (its kernels' logs under root/logs)."""
-    scratch = root / "scratch" / specimen.key
+    scratch = root / "scratch" / f"{specimen.key}-{attempt}"
     scratch.mkdir(parents=True)
-    log = root / "logs" / f"{specimen.key}.log"
+    log = root / "logs" / f"{specimen.key}-{attempt}.log"
     env = {**os.environ, HTTP_URL: url, SCRATCH_DIR: str(scratch),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "coverage_table.probe", specimen.key, str(log)]
+    session = f"coverage/{specimen.key}-{attempt}.ipynb"  # a retry must not restore the first attempt's state
+    command = [sys.executable, "-m", "coverage_table.probe", specimen.key, str(log), session]
     try:
         done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=PROBE_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -113,7 +132,7 @@ def observe_all(specimens: Sequence[Specimen], jobs: int, keep: Path | None) -> 
 
             def one(specimen: Specimen) -> None:
                 started = time.monotonic()
-                observation = probe(specimen, root, url)
+                observation = probe_with_retry(specimen, root, url)
                 observations[specimen.key] = observation
                 marks = " ".join(v.mark for v in verdicts(specimen.names, observation).values())
                 print(f"  {marks}  {specimen.library}: {specimen.name} ({time.monotonic() - started:.0f} s)",
@@ -147,7 +166,8 @@ def rows_for(specimens: Sequence[Specimen], observations: dict[str, dict[str, An
             judged = {path: Verdict.from_json(entry["verdicts"][path]) for path in PATHS}
         else:
             judged = {path: Verdict(FAIL, "never run: no results for it") for path in PATHS}
-        version = entry["version"] if cached_versions and entry else version_of(specimen.library)
+        observed = specimen.key in observations
+        version = entry["version"] if entry and (cached_versions or not observed) else version_of(specimen.library)
         rows.append(Row(specimen.name, specimen.library, version, judged, specimen.heavy))
     return rows
 
@@ -170,8 +190,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--skip-heavy", action="store_true", help=f"take {', '.join(sorted(HEAVY))} rows from "
                         "the results file")
     parser.add_argument("--jobs", type=int, default=2, help="specimens run at the same time (default 2)")
-    parser.add_argument("--only", nargs="+", metavar="KEY", help="run these specimens (with --check: the rest "
-                        "from the results file)")
+    parser.add_argument("--only", nargs="+", metavar="KEY", help="run these specimens, the rest's rows from the "
+                        "results file")
     parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the kernels' logs and the raw "
                         "observations there")
     return parser.parse_args(argv)
@@ -192,10 +212,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"done in {time.monotonic() - started:.0f} s", flush=True)
     rows = rows_for(SPECIMENS, observations, cached, cached_versions=args.check)
     body = render(rows, HEAVY_NOTE)
-    if args.only and not args.check:
-        print(body)
-        print("--only: results and README left as they are", file=sys.stderr)
-        return 0
     readme = README.read_text()
     try:
         current = section(readme)

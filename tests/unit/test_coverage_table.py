@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from coverage_table import table
-from coverage_table.run import HEAVY_NOTE, README, RESULTS, load_results, rows_for
+from coverage_table.run import HEAVY_NOTE, README, RESULTS, infrastructure_failure, load_results, rows_for
 from coverage_table.specimens import DISTRIBUTIONS, SPECIMENS
 from coverage_table.table import FAIL, NOT_APPLICABLE, PASS, Row, SectionMissing, Verdict
 
@@ -38,11 +38,13 @@ def test_migrate_of_a_value_the_checkpoint_could_not_store_does_not_apply():
 
 
 def test_recompute_that_the_agent_refuses_does_not_apply_but_a_crash_loss_fails():
-    lost = {"a": "its cell [1] is nondeterministic"}
-    assert table.judge("recompute", ["a"], observation("recompute", lost=lost)).mark == NOT_APPLICABLE
+    lost = {"a": "not serializable, and its cell [1] is nondeterministic"}
+    verdict = table.judge("recompute", ["a"], observation("recompute", lost=lost))
+    assert verdict == Verdict(NOT_APPLICABLE, "not rebuilt: a: its cell [1] is nondeterministic")
     crash = table.judge("crash", ["a"], observation("crash", lost=lost, error="the fingerprint raised NameError"))
-    assert crash == Verdict(FAIL, "the fingerprint raised NameError")
-    assert table.judge("crash", ["a"], observation("crash", lost=lost)).reason == f"lost: a: {lost['a']}"
+    assert crash == Verdict(FAIL, f"lost: a: {lost['a']}")
+    broken = table.judge("crash", ["a"], observation("crash", error="the fingerprint raised NameError"))
+    assert broken == Verdict(FAIL, "the fingerprint raised NameError")
 
 
 def test_a_forced_path_that_took_the_other_way_fails():
@@ -111,3 +113,11 @@ def test_readme_section_matches_the_committed_results():
     assert set(cached["specimens"]) == {s.key for s in SPECIMENS}, "run `make coverage-table`"
     rows = rows_for(SPECIMENS, {}, cached, cached_versions=True)
     assert table.section(README.read_text()) == table.render(rows, HEAVY_NOTE)
+
+
+def test_only_the_probes_own_failures_are_retried():
+    assert infrastructure_failure({"setup_error": "the probe exited 1: Kernel died before replying"}) is not None
+    failed_path = observation("crash", error="the probe failed: TimeoutError: no kernel child")
+    assert infrastructure_failure(failed_path) == "the probe failed: TimeoutError: no kernel child"
+    assert infrastructure_failure(observation("crash", error="the fingerprint raised NameError: x")) is None
+    assert infrastructure_failure({"setup_error": "setup cell 1 raised ModuleNotFoundError: x"}) is None
