@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from coverage_table import table
-from coverage_table.run import HEAVY_NOTE, README, RESULTS, infrastructure_failure, load_results, rows_for
+from coverage_table.run import HEAVY_NOTE, README, RESULTS, check, infrastructure_failure, load_results, rows_for
 from coverage_table.specimens import DISTRIBUTIONS, SPECIMENS
 from coverage_table.table import FAIL, NOT_APPLICABLE, PASS, Row, SectionMissing, Verdict
 
@@ -121,3 +121,12 @@ def test_only_the_probes_own_failures_are_retried():
     assert infrastructure_failure(failed_path) == "the probe failed: TimeoutError: no kernel child"
     assert infrastructure_failure(observation("crash", error="the fingerprint raised NameError: x")) is None
     assert infrastructure_failure({"setup_error": "setup cell 1 raised ModuleNotFoundError: x"}) is None
+
+
+def test_check_fails_on_any_difference_and_only_then(capsys):
+    rows = [Row("ndarray", "numpy", "0.0-not-installed", {p: Verdict(PASS) for p in table.PATHS})]
+    body = table.render(rows)
+    assert check(body.strip("\n"), body, rows) == 0
+    assert "the table says 0.0-not-installed was verified" in capsys.readouterr().out
+    assert check(body.replace(PASS, FAIL, 1), body, rows) == 1
+    assert "out of date" in capsys.readouterr().err
