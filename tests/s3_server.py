@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing-access-key",
@@ -193,7 +192,3 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
         for sock in (source, sink):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-
-
-def s3_env_for(endpoint: str, **extra: Any) -> dict[str, str]:
-    return {**client_env(endpoint), **{k: str(v) for k, v in extra.items()}}
