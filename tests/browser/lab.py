@@ -161,6 +161,8 @@ class PageWatch:
     console: list[str] = field(default_factory=list)
     js_dialogs: list[str] = field(default_factory=list)
     kernel_messages: list[str] = field(default_factory=list)
+    kernel_socket_closes: int = 0
+    page_loads: list[str] = field(default_factory=list)
 
     def attach(self, page: Page) -> None:
         page.add_init_script(WATCH_MODALS)
@@ -168,6 +170,7 @@ class PageWatch:
         page.on("pageerror", lambda e: self.console.append(f"pageerror: {e}"))
         page.on("dialog", self._js_dialog)
         page.on("websocket", self._websocket)
+        page.on("load", lambda loaded: self.page_loads.append(loaded.url))  # not JupyterLab's own URL updates
 
     def _websocket(self, ws: Any) -> None:
         """Log the kernel messages each way (type, channel, comm, status; no contents): evidence for a failure."""
@@ -175,7 +178,11 @@ class PageWatch:
             return
         ws.on("framesent", lambda payload: self.kernel_messages.append(f"-> {summarize_frame(payload)}"))
         ws.on("framereceived", lambda payload: self.kernel_messages.append(f"<- {summarize_frame(payload)}"))
-        ws.on("close", lambda _: self.kernel_messages.append("websocket closed"))
+        ws.on("close", self._kernel_socket_closed)
+
+    def _kernel_socket_closed(self, _ws: Any) -> None:
+        self.kernel_socket_closes += 1
+        self.kernel_messages.append("websocket closed")
 
     def _js_dialog(self, dialog: Any) -> None:
         self.js_dialogs.append(f"{dialog.type}: {dialog.message}")
@@ -192,11 +199,13 @@ class Notebook:
     def __init__(self, page: Page, server: LabServer, watch: PageWatch, shots: Any) -> None:
         self.page, self.server, self.watch, self.shots = page, server, watch, shots
         self.expected_modals: set[str] = set()
+        self.expected_page_loads = 0
 
     # --- opening ---------------------------------------------------------------------------
     def open(self, path: str, kernel: str | None = None) -> None:
         """Open `path` in a fresh workspace; `kernel` is picked in JupyterLab's "Select Kernel" dialog."""
         workspace = secrets.token_hex(4)
+        self.expected_page_loads += 1
         self.page.goto(f"{self.server.url}/lab/workspaces/{workspace}/tree/{path}?token={self.server.token}")
         if kernel is not None:
             self.expected_modals.add("Select Kernel")
@@ -311,7 +320,9 @@ class Notebook:
         return [m for m in self.modals() if m["title"] not in self.expected_modals]
 
     def assert_clean(self) -> None:
-        """No dialog, JS or JupyterLab's, that the test did not ask for; no console error about the kernel."""
+        """No dialog, JS or JupyterLab's, that the test did not ask for; no console error about the kernel; no page
+        load but those the test made."""
         problems = {"modals": self.unexpected_modals(), "js dialogs": self.watch.js_dialogs,
-                    "console errors about the kernel": self.watch.kernel_errors()}
+                    "console errors about the kernel": self.watch.kernel_errors(),
+                    "page reloads": self.watch.page_loads[self.expected_page_loads:]}
         assert not any(problems.values()), problems

@@ -54,10 +54,12 @@ def assert_state_back(nb: Notebook) -> str:
 
 
 def assert_recovered_quietly(nb: Notebook, statuses_before: int) -> None:
-    """After the crash: the indicator is idle and never showed a restart or death; no dialog, no console error."""
+    """After the crash: the indicator is idle and never showed a restart or death, the kernel's websocket never
+    closed (JupyterLab would reconnect and say so); no dialog, no console error, no page reload."""
     nb.wait_idle(timeout=30)
     shown = nb.statuses()[statuses_before:]
     assert not RESTART_STATUSES & set(shown), shown
+    assert nb.watch.kernel_socket_closes == 0
     nb.assert_clean()
 
 
