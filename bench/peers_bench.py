@@ -114,6 +114,8 @@ class Notebook:
         path.touch()
         self.km: KernelManager
         self.kc: BlockingKernelClient
+        #: what the kernel showed besides the fingerprint in the last fingerprint cell (a restore report)
+        self.said: list[str] = []
         self.open()
 
     def open(self) -> None:
@@ -154,6 +156,7 @@ class Notebook:
             text = "".join(m["content"]["text"] for m in outputs
                            if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
             if reply["status"] == "ok":
+                self.said = [line for m in outputs for line in said(m)]
                 return json.loads(text.strip().splitlines()[-1])
             if reply.get("ename") != "KernelDied" or time.monotonic() > retry_until:
                 raise CellFailed(f"{self.tool.label}: fingerprint failed: {reply.get('ename')}: {reply.get('evalue')}")
@@ -245,6 +248,21 @@ class Notebook:
         if errors:
             notes.append(f"its log: {errors[-1][:160]}")
         return "; ".join(notes)
+
+
+def said(msg: dict[str, Any]) -> list[str]:
+    """The first line of what a kernel shows besides stdout: display data (elastic-proxy's restore
+    report), stderr, errors."""
+    content = msg["content"]
+    if msg["msg_type"] == "display_data":
+        text = content["data"].get("text/plain", "")
+    elif msg["msg_type"] == "stream" and content["name"] == "stderr":
+        text = content["text"]
+    elif msg["msg_type"] == "error":
+        text = f"{content['ename']}: {content['evalue']}"
+    else:
+        return []
+    return [text.strip().splitlines()[0][:240]] if text.strip() else []
 
 
 def bytes_written(before: dict[str, tuple[int, int, int]], after: dict[str, tuple[int, int, int]]) -> int:
@@ -466,8 +484,8 @@ def recovery(space: Workspace, length: int, cost: float) -> list[Outcome]:
                 newest = nb.fingerprint()
                 seconds = case.event(nb)
                 after = nb.fingerprint()
-                outcomes.append(Outcome(tool, case.label, seconds, verdict(after, newest, stale),
-                                        nb.peer_log() if tool is PEER else ""))
+                notes = nb.peer_log() if tool is PEER else "; ".join(nb.said)
+                outcomes.append(Outcome(tool, case.label, seconds, verdict(after, newest, stale), notes))
             except Exception as error:
                 outcomes.append(Outcome(tool, case.label, None, f"FAILED: {error}"))
             finally:
@@ -505,6 +523,7 @@ def graceful_huge(space: Workspace, huge_mb: int, cost: float) -> list[Outcome]:
             nb.restart()
             after = nb.fingerprint(retry_until=time.monotonic() + TIMEOUT)
             seconds = time.perf_counter() - started
+            after_said = nb.said
             files = nb.checkpoint_files()
             notes = [f"the small state after the earlier reopen: {verdict(reopened, small, None)}"]
             if tool is PEER:
@@ -513,6 +532,7 @@ def graceful_huge(space: Workspace, huge_mb: int, cost: float) -> list[Outcome]:
                 notes.append(nb.peer_log())
             elif tool is PROXY:
                 notes.append(f"store written since the cell: {bytes_written(before, files) / MB:.0f} MB")
+                notes += after_said
             outcomes.append(Outcome(tool, label, seconds, verdict(after, newest, small), "; ".join(notes)))
         except Exception as error:
             outcomes.append(Outcome(tool, label, None, f"FAILED: {error}"))
