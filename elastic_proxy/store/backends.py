@@ -285,9 +285,12 @@ class FsspecBackend:
 
     def prefetch(self, paths_and_sizes: Sequence[tuple[str, int]]) -> None:
         """Start downloading the blobs a read is about to need (those the cache lacks), in order."""
-        cache = self.cache
-        self.prefetcher.plan((path, size) for path, size in paths_and_sizes
-                             if cache is None or not cache.has(_blob_address(path) or ""))
+        wanted = []
+        for path, size in paths_and_sizes:
+            address = _blob_address(path)
+            if address is not None and (self.cache is None or not self.cache.has(address)):
+                wanted.append((path, size))
+        self.prefetcher.plan(wanted)
 
     def read_bytes(self, path: str) -> bytes:
         address = _blob_address(path)
