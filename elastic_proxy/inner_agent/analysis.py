@@ -50,8 +50,10 @@ _NAMESPACE_MAGICS = {
     "run", "reset", "reset_selective", "store", "xdel", "pylab", "load_ext", "reload_ext", "macro",
     "autoreload", "aimport", "recall", "rerun", "paste", "cpaste", "sql",
 }
-# Magics known not to touch the namespace (anything else is treated as dynamic).
+# Magics known not to touch the namespace (anything else is treated as dynamic). `%elastic` is the
+# agent's own: a restore or reset through it keeps the recorder's books itself.
 _INERT_MAGICS = {
+    "elastic",
     "matplotlib", "config", "env", "cd", "pwd", "ls", "pinfo", "pinfo2", "psearch", "who", "whos",
     "who_ls", "history", "hist", "precision", "pdoc", "pdef", "psource", "pfile", "lsmagic", "magic",
     "xmode", "page", "pprint", "alias", "unalias", "bookmark", "dhist", "dirs", "popd", "pushd",

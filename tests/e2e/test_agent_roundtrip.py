@@ -116,8 +116,9 @@ def test_agent_round_trip_through_real_kernels(tmp_path: Path) -> None:
         shown = [m for m in messages if m["msg_type"] == "display_data"]
         assert shown and shown[0]["content"]["data"]["text/plain"].startswith("elastic: restored"), messages
         assert "text/html" in shown[0]["content"]["data"]
-        # The checkpoint carries the cell log up to when it was written: at least the last state change.
-        assert last_count < reply["content"]["execution_count"] <= final_count, "execution count must continue"
+        # The checkpoint carries the cell log up to when it was written: at least the last state change,
+        # at most the status cell after the sync (the kernel's exit writes what is not committed).
+        assert last_count < reply["content"]["execution_count"] <= final_count + 2, "execution count must continue"
         report = json.loads(k2.stdout(
             "print(__import__('json').dumps(__import__('elastic_proxy.inner_agent', fromlist=['x'])"
             ".get_agent(get_ipython()).last_report.to_json()))"
