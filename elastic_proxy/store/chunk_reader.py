@@ -3,8 +3,9 @@ against its address, on a few threads.
 
 Why threads: a restore is a copy of every byte (from the page cache or the network) plus a blake3
 of every byte. Both release the GIL, so on two cores two readers take about half the time of one,
-which is what brings a verified restore level with a plain `pickle.load`. Each reader hashes a
-chunk right after reading it, while it is still in the CPU cache, so the data crosses memory once.
+which is what can bring a verified restore level with a plain `pickle.load` (whose CPU time it
+exceeds by the hash: bench/store_bench.py). Each reader hashes a chunk right after reading it,
+while it is still in the CPU cache, so the hash does not read it from memory again.
 
 Why a pool per call: its threads have ended when the call returns, so none is alive when the agent
 later forks a writer (a thread does not survive fork; a pool that thinks it still has one hangs).
