@@ -5,11 +5,17 @@ contiguous buffers (numpy arrays, and pandas through numpy) are handed out of ba
 `buffer_callback`, so they are never copied into the stream; the store then chunks them.
 Non-contiguous ones are copied in band by the pickler. dill, the fallback, reduces numpy arrays
 itself (in band), so a group that needs dill is one stream, rewritten whole when it changes.
+
+A numpy view of an array that is itself in the group is pickled as a view (its base, offset,
+shape and strides), not as a copy of its elements: after a restore, writing through `b = a[2:5]`
+must still change `a`, as it did before the crash.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -24,7 +30,61 @@ PROTOCOL = 5
 # tiny blobs, each a file and an fsync, to save copying a few KiB.
 INBAND_BELOW = 64 * 1024
 
-_DUMPERS: dict[str, Callable[..., bytes]] = {"cloudpickle": cloudpickle.dumps, "dill": dill.dumps}
+
+def view_of(base: Any, offset: int, shape: tuple[int, ...], strides: tuple[int, ...], dtype: Any) -> Any:
+    """Rebuild a numpy view on its (unpickled) base array; named by pickles, so keep its name."""
+    import numpy as np
+
+    return np.ndarray(shape, dtype, buffer=base, offset=offset, strides=strides)
+
+
+def _root(array: Any) -> Any:
+    while getattr(array, "base", None) is not None:
+        array = array.base
+    return array
+
+
+def _shared_bases(objs: Mapping[str, Any]) -> dict[int, Any]:
+    """The arrays whose memory two or more of the group's top-level arrays share, by id.
+
+    Views of them are pickled as views. A lone view is pickled as a copy, as before: nothing else
+    sees its memory, and its base may be far bigger than the view.
+    """
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return {}
+    users: dict[int, list[Any]] = {}
+    for value in objs.values():
+        if type(value) is numpy.ndarray and not value.dtype.hasobject:
+            root = _root(value)
+            if type(root) is numpy.ndarray:
+                users.setdefault(id(root), []).append(root)
+    return {key: roots[0] for key, roots in users.items() if len(roots) > 1}
+
+
+class _ViewKeepingPickler(cloudpickle.Pickler):
+    """cloudpickle, except that a view of an array in the group is reduced to a view of it."""
+
+    def __init__(self, file: Any, bases: dict[int, Any], **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self._bases = bases
+
+    def reducer_override(self, obj: Any) -> Any:
+        if self._bases and type(obj).__name__ == "ndarray" and getattr(obj, "base", None) is not None:
+            base = _root(obj)
+            if id(base) in self._bases and type(obj) is type(base):
+                offset = obj.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+                return view_of, (base, offset, obj.shape, obj.strides, obj.dtype)
+        return super().reducer_override(obj)
+
+
+def _cloudpickle_keeping_views(group: dict[str, Any], protocol: int, buffer_callback: Any) -> bytes:
+    out = io.BytesIO()
+    _ViewKeepingPickler(out, _shared_bases(group), protocol=protocol, buffer_callback=buffer_callback).dump(group)
+    return out.getvalue()
+
+
+_DUMPERS: dict[str, Callable[..., bytes]] = {"cloudpickle": _cloudpickle_keeping_views, "dill": dill.dumps}
 _LOADERS: dict[str, Callable[..., Any]] = {"cloudpickle": pickle.loads, "dill": dill.loads}
 
 

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.timeout(240)
 SETUP = [
     "import numpy as np, itertools",
     "noise = np.random.rand(512, 1024)  # unseeded: a re-run would give other values",
+    "window = noise[3:7, :5]  # a view: it must still share noise's memory after a restore",
     "small = {'a': 1, 'b': [1, 2, 3], 'c': 'text'}",
     "alias_a = [1, 2, 3]\nalias_b = alias_a",
     "log = open(LOG_PATH, 'w')\nlog.write('important line\\n')\nlog.flush()",
@@ -67,6 +68,8 @@ def check_state(kc, before: str, log_path: Path) -> list[dict]:
     reply, outputs = run(kc, "try:\n    print(next(squares))\nexcept Exception as e:\n    print(type(e).__name__)")
     resumed = stdout_of(outputs) == "4\n"
     assert resumed or ("squares" in report), (stdout_of(outputs), report)
+    reply, outputs = run(kc, "noise[3, 0] = -5.0\nprint(window[0, 0])")
+    assert stdout_of(outputs) == "-5.0\n", "the view no longer shares its base's memory"
     return first
 
 

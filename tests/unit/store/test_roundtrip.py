@@ -14,6 +14,25 @@ from elastic_proxy.store import CHUNK_SIZE, GroupRef, SerializationError, open_s
 from .conftest import commit_groups, load_all
 
 
+def test_views_come_back_as_views_of_the_same_memory(store):
+    """`b = a[...]` shares a's memory; after a restore, writing through one must show in the other."""
+    base = np.arange(600_000, dtype=np.float64)  # several chunks, out of band
+    grid = np.arange(24.0).reshape(4, 6)  # itself a view of an unnamed array
+    lone = np.arange(1_000_000)[10:13]  # the only user of its base: stays a 3-element copy
+    group = {"a": base, "window": base[10:20], "reversed": base[::-3], "grid": grid, "grid_t": grid.T,
+             "column": grid[:, 2], "lone": lone}
+    commit_groups(store, {"g": group})
+    loaded = load_all(store)
+    for name, value in group.items():
+        np.testing.assert_array_equal(loaded[name], value, err_msg=name)
+    loaded["a"][15] = -1.0
+    loaded["a"][-1] = -7.0
+    loaded["grid"][1, 2] = 99.0
+    assert loaded["window"][5] == -1.0 and loaded["reversed"][0] == -7.0
+    assert loaded["grid_t"][2, 1] == 99.0 and loaded["column"][1] == 99.0
+    assert loaded["lone"].nbytes == 24 and (loaded["lone"].base is None or loaded["lone"].base.nbytes < 1000)
+
+
 def test_several_groups_round_trip_with_arrays_and_sharing(store):
     rng = np.random.default_rng(1)
     big = rng.standard_normal(600_000)  # 4.8 MB: several chunks
