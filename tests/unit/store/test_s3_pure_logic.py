@@ -135,3 +135,68 @@ def test_a_cluster_secret_comes_as_raw_bytes_hex_text_or_an_environment_variable
     monkeypatch.setenv("ELASTIC_PROXY_SECRET", "short")
     with pytest.raises(StoreError):
         load_secret()
+
+
+class _RecordingFs:
+    """A synchronous stand-in filesystem: records calls, fails where told (unit tests of the windows)."""
+
+    async_impl = False
+
+    def __init__(self, fail: dict[str, Exception] | None = None):
+        self.calls: list[tuple[str, str]] = []
+        self.fail = dict(fail or {})
+
+    def cat_file(self, path: str) -> bytes:
+        self.calls.append(("cat", path))
+        if path in self.fail:
+            raise self.fail[path]
+        return path.encode()
+
+    def pipe_file(self, path: str, data: bytes, mode: str = "overwrite") -> None:
+        assert mode == "create"
+        self.calls.append(("put", path))
+        if path in self.fail:
+            raise self.fail[path]
+
+
+def test_the_prefetcher_reads_ahead_in_plan_order_within_its_window():
+    from elastic_proxy.store.remote import Prefetcher
+
+    fs = _RecordingFs()
+    ahead = Prefetcher(fs, window_blobs=3, window_bytes=1 << 30)
+    ahead.plan([(f"b{i}", 10) for i in range(6)])
+    assert ahead.fetch("b0") == b"b0"
+    assert [p for _, p in fs.calls] == ["b0", "b1", "b2", "b3"]  # b0 read, three more in flight
+    assert ahead.fetch("b5") == b"b5"  # out of order: fetched on demand, the window stays
+    assert ahead.fetch("b1") == b"b1" and ahead.bytes_fetched == 6
+    ahead.plan([("c0", 10)])  # a new plan drops what the old one had in flight
+    assert ahead.fetch("c0") == b"c0" and fs.calls[-1] == ("cat", "c0")
+
+
+def test_the_prefetcher_bounds_bytes_in_flight_and_reports_errors_as_oserror():
+    from elastic_proxy.store.remote import Prefetcher
+
+    fs = _RecordingFs(fail={"bad": RuntimeError("HTTP 500")})
+    ahead = Prefetcher(fs, window_blobs=10, window_bytes=25)
+    ahead.plan([("a", 10), ("b", 10), ("c", 10), ("d", 10)])
+    ahead.fetch("a")
+    assert len(fs.calls) == 4  # a, b, c start (checked before each start: 0, 10, 20 < 25), d once a is taken
+    with pytest.raises(OSError, match="HTTP 500"):
+        ahead.fetch("bad")
+    with pytest.raises(FileNotFoundError):
+        Prefetcher(_RecordingFs(fail={"gone": FileNotFoundError("gone")})).fetch("gone")
+
+
+def test_the_uploader_ignores_objects_that_exist_and_raises_the_first_failure_at_flush():
+    from elastic_proxy.store.remote import Uploader
+
+    fs = _RecordingFs(fail={"same": FileExistsError("same"), "down": ConnectionError("refused")})
+    up = Uploader(fs, window=2)
+    up.put("one", b"1")
+    up.put("same", b"2")
+    up.flush()
+    up.put("down", b"3")
+    with pytest.raises(OSError, match="refused"):
+        up.flush()
+    up.flush()  # nothing left after a failure
+    assert [p for _, p in fs.calls] == ["one", "same", "down"]
