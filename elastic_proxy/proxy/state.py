@@ -288,11 +288,14 @@ class ProtocolState:
         phase = content.get("phase", "")
         text = (f"elastic-proxy: restoring the session ({phase}): {done / 2**20:,.0f} of {total / 2**20:,.0f} MiB"
                 if phase != "done" else f"elastic-proxy: restored {total / 2**20:,.0f} MiB")
-        kind = "update_display_data" if self._progress_parent == waiting.msg_id else "display_data"
+        first = self._progress_parent != waiting.msg_id
         self._progress_parent = waiting.msg_id
         display = {"data": {"text/plain": text}, "metadata": {},
                    "transient": {"display_id": f"elastic-restore-{self.session}"}}
-        return [self._new(IOPUB, kind, display, parent=waiting)]
+        shown = self._new(IOPUB, "display_data" if first else "update_display_data", display, parent=waiting)
+        # The kernel is working for this cell: without `busy`, JupyterLab's indicator says Idle
+        # through the whole restore. The child's own busy and idle for the cell follow.
+        return [self._status("busy", waiting), shown] if first else [shown]
 
     def _retire(self, request: Request) -> None:
         if request.idle and (request.replied or not _expects_reply(request.msg.msg_type)):

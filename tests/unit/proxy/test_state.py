@@ -435,10 +435,12 @@ def test_a_large_restore_shows_progress_in_the_waiting_cell():
     for phase, done, total in steps:
         content = {"phase": phase, "done_bytes": done, "total_bytes": total, "report": None}
         shown += state.child_message(IOPUB, new_message("elastic_restore", content, parent=None, session="c"))
-    assert [a.msg.msg_type for a in shown] == ["display_data", "update_display_data", "update_display_data"]
+    assert [a.msg.msg_type for a in shown] == ["status", "display_data", "update_display_data", "update_display_data"]
+    assert shown[0].msg.content == {"execution_state": "busy"}, "the indicator must not say Idle while restoring"
     assert {parent_of(a) for a in shown} == {waiting.msg_id}
-    assert len({a.msg.content["transient"]["display_id"] for a in shown}) == 1
-    assert "100 of 800 MiB" in shown[0].msg.content["data"]["text/plain"]
+    displays = shown[1:]
+    assert len({a.msg.content["transient"]["display_id"] for a in displays}) == 1
+    assert "100 of 800 MiB" in displays[0].msg.content["data"]["text/plain"]
 
 
 def test_a_small_restore_shows_no_progress():
