@@ -214,7 +214,8 @@ SPECIMENS: tuple[Specimen, ...] = (
        "rng sample", "(rng.bit_generator.state, sample.tobytes())"),
     _s("aliased numpy view", "numpy",
        "import numpy as np\nbase = np.arange(10)\nview = base[2:5]\nview[0] = 99",
-       "base view", "(view.base is base, base.tobytes(), bool(np.shares_memory(base, view)))"),
+       "base view", "(bool(np.shares_memory(base, view)), base.tobytes(), view.tobytes(), "
+       "view.__array_interface__['data'][0] - base.__array_interface__['data'][0])"),
     _s("partially consumed generator", "Python",
        ["def count_up():\n    n = 0\n    while True:\n        yield n\n        n += 1\ncounter = count_up()",
         "first = [next(counter) for _ in range(3)]"],
