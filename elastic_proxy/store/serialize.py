@@ -78,9 +78,12 @@ class _ViewKeepingPickler(cloudpickle.Pickler):
         return super().reducer_override(obj)
 
 
-def _cloudpickle_keeping_views(group: dict[str, Any], protocol: int, buffer_callback: Any) -> bytes:
+def _cloudpickle_keeping_views(obj: Any, protocol: int, buffer_callback: Any) -> bytes:
+    """cloudpickle.dumps, keeping the views among a group's values (`obj` is one value when
+    `_explain_failure` pickles the names one by one)."""
+    bases = _shared_bases(obj) if isinstance(obj, Mapping) else {}
     out = io.BytesIO()
-    _ViewKeepingPickler(out, _shared_bases(group), protocol=protocol, buffer_callback=buffer_callback).dump(group)
+    _ViewKeepingPickler(out, bases, protocol=protocol, buffer_callback=buffer_callback).dump(obj)
     return out.getvalue()
 
 

@@ -87,6 +87,7 @@ def test_unpicklable_variable_is_named_and_other_groups_still_commit(store):
     assert info.value.names == ("gen",)
     message = str(info.value)
     assert "'gen'" in message and "generator" in message and "cloudpickle" in message and "dill" in message
+    assert "cloudpickle: TypeError: cannot pickle 'generator' object" in message, message
     generation = commit_groups(store, {"g1": {"x": np.arange(5)}, "g2": {"y": "fine"}})
     assert generation == 1
     loaded = load_all(store)
