@@ -273,6 +273,7 @@ def _restore_manifest(
             ns.pop(name, None)
 
     prints: dict[str, fingerprint.Fingerprint] = {}
+    stored_instead: dict[str, dict[str, Any]] = {}  # groups loaded after a re-run gave other values
     for name in recomputed_names:
         if name not in ns:
             lost[name] = "re-running its cells did not recreate it" + (f" ({failed})" if failed else "")
@@ -297,12 +298,14 @@ def _restore_manifest(
         how = "recomputed" if name in recomputed_names else "loaded"
         gid = variables[name]["group"]
         if how == "recomputed" and refs.get(gid) is not None:
-            try:
-                objs = store.load_group(refs[gid])
-            except (SerializationError, StoreError):
-                objs = {}
-            if name in objs:
-                ns[name] = objs[name]
+            if gid not in stored_instead:
+                try:
+                    stored_instead[gid] = store.load_group(refs[gid])
+                except (SerializationError, StoreError):
+                    stored_instead[gid] = {}
+                # All the group's names from one unpickle: they share objects again, as they did.
+                ns.update(stored_instead[gid])
+            if name in stored_instead[gid]:
                 prints.pop(name, None)
                 report.mismatched[name] = "re-running its cells gave a different value; loaded the stored one"
                 _mark_nondeterministic(graph, the_plan, name)

@@ -78,6 +78,19 @@ def test_recompute_that_differs_is_replaced_by_the_stored_value_and_named(shell,
     assert shell.user_ns["e"][0] == 1.5, "the stored value must win over a different recompute"
 
 
+def test_a_group_that_differs_after_a_recompute_comes_back_whole_from_one_load(shell, monkeypatch):
+    """Aliased names fall back to the stored copy together: `holder[0] is e` must still hold."""
+    monkeypatch.setenv("ELASTIC_TEST_VALUE", "1.5")
+    run(shell, "import numpy as np, os")
+    run(shell, "e = np.full(20_000_000, float(os.environ['ELASTIC_TEST_VALUE']))\nholder = [e]")
+    monkeypatch.setenv("ELASTIC_TEST_VALUE", "2.5")
+    fresh_namespace(shell)
+    report = restore(shell, get_agent(shell).store)
+    assert "e" in report.mismatched, report.to_text()
+    assert shell.user_ns["holder"][0] is shell.user_ns["e"], report.to_text()
+    assert shell.user_ns["e"][0] == 1.5
+
+
 def test_falls_back_to_previous_generation_when_newest_fails_verification(shell, tmp_path):
     run(shell, "a = list(range(100))")
     run(shell, "b = 'second'")
