@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import psutil
 from jupyter_client import BlockingKernelClient, KernelManager
 
-KERNEL_NAME = "python3-elastic"
-
-
-def install_variant(prefix: Path, name: str, *args: str, base: str = KERNEL_NAME) -> str:
-    """A copy of an installed elastic kernelspec with extra supervisor options appended to argv."""
-    kernels = prefix / "share" / "jupyter" / "kernels"
-    spec = json.loads((kernels / base / "kernel.json").read_text())
-    spec["argv"] = [*spec["argv"], *args]
-    spec["display_name"] = name
-    (kernels / name).mkdir(parents=True, exist_ok=True)
-    (kernels / name / "kernel.json").write_text(json.dumps(spec))
-    return name
+# Re-exported: the tests import them from here, beside the helpers below.
+from elastic_proxy.testing_env import KERNEL_NAME as KERNEL_NAME
+from elastic_proxy.testing_env import child_pid as child_pid
+from elastic_proxy.testing_env import control_request as control_request
+from elastic_proxy.testing_env import install_variant as install_variant
 
 
 @contextmanager
@@ -60,29 +51,6 @@ def second_client(km: KernelManager) -> BlockingKernelClient:
 
 def supervisor_process(km: KernelManager) -> psutil.Process:
     return psutil.Process(km.provisioner.process.pid)
-
-
-def child_pid(kc: BlockingKernelClient, timeout: float = 30) -> int:
-    """The pid of the process running user code, from usage_request (as jupyter-resource-usage asks).
-
-    While a child is being respawned the reply has no pid yet: ask again until it has one.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        content = control_request(kc, "usage_request", {}, max(deadline - time.monotonic(), 0.1))
-        if "pid" in content or time.monotonic() > deadline:
-            return int(content["pid"])
-        time.sleep(0.1)
-
-
-def control_request(kc: BlockingKernelClient, msg_type: str, content: dict, timeout: float = 30) -> dict:
-    msg = kc.session.msg(msg_type, content)
-    kc.control_channel.send(msg)
-    deadline = time.monotonic() + timeout
-    while True:
-        reply = kc.control_channel.get_msg(timeout=max(deadline - time.monotonic(), 0.01))
-        if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
-            return reply["content"]
 
 
 def run(kc: BlockingKernelClient, code: str, timeout: float = 60, **kw: Any) -> tuple[dict, list[dict]]:

@@ -4,6 +4,7 @@ with its results read back by jupyter_client's KernelSpecManager and the store."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -336,7 +337,12 @@ def test_the_wrapped_bash_kernel_starts_under_the_supervisor_and_runs_cells(jupy
 
     install_bash_kernel(jupyter / "prefix")
     cli("wrap", "bash", "--prefix", str(jupyter / "prefix"))
-    manager, client = start_new_kernel(kernel_name="bash-elastic", startup_timeout=60)
+    # bash_kernel's bash sources ~/.bashrc: a private HOME keeps the developer's shell setup out (a stale
+    # pyenv rehash lock there once made every interactive bash wait, and this test time out).
+    home = jupyter / "bash-home"
+    home.mkdir(exist_ok=True)
+    manager, client = start_new_kernel(kernel_name="bash-elastic", startup_timeout=60,
+                                       env={**os.environ, "HOME": str(home)})
     try:
         assert manager.kernel_spec.argv[2] == "elastic_proxy.proxy"
         replies = [client.execute_interactive(code, timeout=30) for code in ("X=41", "echo $((X + 1))")]
