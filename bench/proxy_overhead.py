@@ -34,11 +34,14 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import psutil
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
+
+from elastic_proxy.testing_env import private_jupyter
 
 MiB = 1 << 20
 DIRECT_SPEC = "bench-direct-ipykernel"
@@ -56,38 +59,18 @@ TIMEOUT = 120.0
 
 @contextmanager
 def isolated_jupyter() -> Iterator[str]:
-    """Private Jupyter dirs and store with both specs installed; yields the root (removed after)."""
-    with tempfile.TemporaryDirectory(prefix="elastic-bench-") as root:
+    """Private Jupyter dirs and store with the three specs installed; yields the root (removed after)."""
+    with tempfile.TemporaryDirectory(prefix="elastic-bench-") as root, private_jupyter(Path(root)):
         prefix = os.path.join(root, "prefix")
-        env = {
-            "JUPYTER_PATH": os.path.join(prefix, "share", "jupyter"),
-            "JUPYTER_DATA_DIR": os.path.join(root, "data"),
-            "JUPYTER_RUNTIME_DIR": os.path.join(root, "runtime"),
-            "JUPYTER_CONFIG_DIR": os.path.join(root, "config"),
-            "IPYTHONDIR": os.path.join(root, "ipython"),
-            "ELASTIC_PROXY_STORE": os.path.join(root, "store"),
-            "ELASTIC_PROXY_SECRET_FILE": os.path.join(root, "secret"),
-            "JUPYTER_PLATFORM_DIRS": "1",
-        }
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            for argv in (["-m", "ipykernel", "install", "--prefix", prefix, "--name", DIRECT_SPEC],
-                         ["-m", "elastic_proxy", "install", "--prefix", prefix]):
-                subprocess.run([sys.executable, *argv], check=True, capture_output=True)
-            device = os.path.join(prefix, "share", "jupyter", "kernels", DEVICE_SPEC)
-            os.makedirs(device)
-            with open(os.path.join(device, "kernel.json"), "w") as f:
-                json.dump({"argv": [sys.executable, os.path.join(os.path.dirname(__file__), "zmq_device_kernel.py"),
-                                    "{connection_file}"], "display_name": "ipykernel behind zmq.proxy",
-                           "language": "python"}, f)
-            yield root
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--prefix", prefix, "--name", DIRECT_SPEC],
+                       check=True, capture_output=True)
+        device = os.path.join(prefix, "share", "jupyter", "kernels", DEVICE_SPEC)
+        os.makedirs(device)
+        with open(os.path.join(device, "kernel.json"), "w") as f:
+            json.dump({"argv": [sys.executable, os.path.join(os.path.dirname(__file__), "zmq_device_kernel.py"),
+                                "{connection_file}"], "display_name": "ipykernel behind zmq.proxy",
+                       "language": "python"}, f)
+        yield root
 
 
 @contextmanager

@@ -27,18 +27,20 @@ import os
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
+
+from elastic_proxy.testing_env import child_pid, private_jupyter
 
 ELASTIC_SPEC = "python3-elastic"
 BASELINE_SPEC = "python3"
@@ -158,54 +160,12 @@ def run_until_ok(kc: BlockingKernelClient, code: str, deadline: float) -> Cell:
             raise CellFailed(code, cell.reply)
 
 
-def control_request(kc: BlockingKernelClient, msg_type: str, timeout: float = 30) -> dict[str, Any]:
-    msg = kc.session.msg(msg_type, {})
-    kc.control_channel.send(msg)
-    while True:
-        reply = kc.get_control_msg(timeout=timeout)
-        if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
-            return reply["content"]
-
-
-def child_pid(kc: BlockingKernelClient) -> int:
-    """The pid of the process running user code, from the proxy's usage_reply."""
-    deadline = time.monotonic() + 60
-    while True:
-        content = control_request(kc, "usage_request")
-        if "pid" in content:
-            return int(content["pid"])
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"usage_reply never named a child: {content}")
-        time.sleep(0.1)
-
-
 @contextmanager
 def isolated_jupyter() -> Iterator[str]:
     """Private Jupyter dirs, store and secret, with the elastic kernelspec installed; yields the root."""
-    with tempfile.TemporaryDirectory(prefix="elastic-restore-bench-", dir=os.environ.get("TMPDIR")) as root:
-        prefix = os.path.join(root, "prefix")
-        env = {
-            "JUPYTER_PATH": os.path.join(prefix, "share", "jupyter"),
-            "JUPYTER_DATA_DIR": os.path.join(root, "data"),
-            "JUPYTER_RUNTIME_DIR": os.path.join(root, "runtime"),
-            "JUPYTER_CONFIG_DIR": os.path.join(root, "config"),
-            "IPYTHONDIR": os.path.join(root, "ipython"),
-            "ELASTIC_PROXY_STORE": os.path.join(root, "store"),
-            "ELASTIC_PROXY_SECRET_FILE": os.path.join(root, "secret"),
-            "JUPYTER_PLATFORM_DIRS": "1",
-        }
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            subprocess.run([sys.executable, "-m", "elastic_proxy", "install", "--prefix", prefix],
-                           check=True, capture_output=True)
-            yield root
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    with tempfile.TemporaryDirectory(prefix="elastic-restore-bench-", dir=os.environ.get("TMPDIR")) as root, \
+            private_jupyter(Path(root)):
+        yield root
 
 
 @contextmanager
@@ -339,14 +299,14 @@ def elastic_kill(bench: Bench, km: KernelManager, kc: BlockingKernelClient, case
     if mark:
         wait_new_generation(kc, f"bench_mark = {len(case.seconds)}")
     children = wait_settled(km)
-    pid = child_pid(kc)
+    pid = child_pid(kc, 60)
     log(f"{case.label}: SIGKILL {pid} (the supervisor has {children} children)")
     start = time.perf_counter()
     os.kill(pid, signal.SIGKILL)
     first = run_until_ok(kc, bench.use, time.monotonic() + TIMEOUT)
     case.seconds.append(time.perf_counter() - start)
     note_restore(case, first)
-    if child_pid(kc) == pid:
+    if child_pid(kc, 60) == pid:
         raise RuntimeError("the child pid did not change after SIGKILL")
     if not case.digests:
         bench.notes.append("What the first cell after the first SIGKILL showed besides its output (stderr, "
