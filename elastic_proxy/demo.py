@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -28,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
+
+from elastic_proxy import testing_env
 
 KERNEL = "python3-elastic"
 OOM_KERNEL = "python3-elastic-oom"
@@ -187,41 +188,19 @@ class Narrator:
 
 # --- Real kernels --------------------------------------------------------------------------------
 @contextmanager
-def private_jupyter(root: Path) -> Iterator[dict[str, str]]:
-    """Point Jupyter, IPython and elastic-proxy at directories under `root` (in this process and so
-    in every kernel it starts), with our kernelspecs installed there by the CLI."""
-    prefix = root / "prefix"
-    env = {
-        "JUPYTER_PATH": str(prefix / "share" / "jupyter"),
-        "JUPYTER_DATA_DIR": str(root / "data"),
-        "JUPYTER_RUNTIME_DIR": str(root / "runtime"),
-        "JUPYTER_CONFIG_DIR": str(root / "config"),
-        "IPYTHONDIR": str(root / "ipython"),
-        "ELASTIC_PROXY_STORE": str(root / "store"),
-        "ELASTIC_PROXY_SECRET_FILE": str(root / "secret"),
-    }
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    for directory in ("config", "runtime"):
-        (root / directory).mkdir(mode=0o700)
-    # Timestamps in the supervisors' logs, which are shown when a step fails.
-    (root / "config" / "elastic_proxy_config.py").write_text(
-        "c.Application.log_format = '%(asctime)s.%(msecs)03d [%(name)s] %(levelname)s %(message)s'\n"
-        "c.Application.log_datefmt = '%H:%M:%S'\n"
-    )
-    try:
-        for args in ([], ["--name", OOM_KERNEL, "--memory-limit", MEMORY_LIMIT]):
-            command = [sys.executable, "-m", "elastic_proxy", "install", "--prefix", str(prefix), *args]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=60)
-            if done.returncode != 0:
-                raise StepFailed(f"`{' '.join(command[1:])}` failed: {done.stderr.strip()}")
+def demo_jupyter(root: Path) -> Iterator[dict[str, str]]:
+    """The private Jupyter environment of `testing_env`, plus the out-of-memory kernelspec and
+    timestamps in the supervisors' logs (shown when a step fails)."""
+    with testing_env.private_jupyter(root) as env:
+        (root / "config" / "elastic_proxy_config.py").write_text(
+            "c.Application.log_format = '%(asctime)s.%(msecs)03d [%(name)s] %(levelname)s %(message)s'\n"
+            "c.Application.log_datefmt = '%H:%M:%S'\n"
+        )
+        try:
+            testing_env.install_kernelspec(root / "prefix", "--name", OOM_KERNEL, "--memory-limit", MEMORY_LIMIT)
+        except RuntimeError as err:
+            raise StepFailed(str(err)) from None
         yield env
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class Kernel:
@@ -260,26 +239,12 @@ class Kernel:
         reply = self.kc.execute_interactive(code, timeout=timeout, output_hook=keep)
         return Cell(code, reply["content"], outputs, started, time.monotonic())
 
-    def control_request(self, msg_type: str, timeout: float) -> dict[str, Any]:
-        """Send a control request and return its reply's content (other replies are skipped)."""
-        msg = self.kc.session.msg(msg_type, {})
-        self.kc.control_channel.send(msg)
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = self.kc.control_channel.get_msg(timeout=max(deadline - time.monotonic(), 0.01))
-            if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
-                return reply["content"]
-
     def child_pid(self, timeout: float = 30) -> int:
-        """The pid of the process running the notebook's code: usage_request on the control channel
-        (as jupyter-resource-usage asks); the supervisor answers with its child's pid, once it has one."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            content = self.control_request("usage_request", deadline - time.monotonic())
-            if "pid" in content:
-                return int(content["pid"])
-            time.sleep(0.1)
-        raise StepFailed("usage_request never named the kernel child's pid")
+        """The pid of the process running the notebook's code, from usage_request on control."""
+        try:
+            return testing_env.child_pid(self.kc, timeout)
+        except TimeoutError as err:
+            raise StepFailed(str(err)) from None
 
     def log_tail(self, lines: int = 15) -> str:
         self._log.flush()
@@ -506,7 +471,7 @@ def main(out: TextIO = sys.stdout) -> int:
     root = Path(tempfile.mkdtemp(prefix="elastic-proxy-demo-"))
     demo = Demo(root, narrator)
     try:
-        with private_jupyter(root):
+        with demo_jupyter(root):
             narrator.say(f"(private Jupyter environment, checkpoint store and secret in {root}; removed at "
                          "the end)")
             try:
