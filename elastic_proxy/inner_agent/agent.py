@@ -17,7 +17,7 @@ from collections import ChainMap, deque
 from collections.abc import Collection, Mapping
 from typing import Any, Union
 
-from .checkpointer import Checkpointer, State
+from .checkpointer import WRITER_TIMEOUT, Checkpointer, State
 from .optimizer import NOMINAL_BANDWIDTH
 from .recorder import Recorder, estimate_size
 from .restore import NO_CHECKPOINT, RestoreReport, restore_session
@@ -31,7 +31,9 @@ MESSAGE_RESTORE = "elastic_restore"
 Notice = Union[RestoreReport, SkippedRestore]
 
 #: How long a restore waits for a checkpoint writer that outlived its kernel (then it takes what is there).
-WRITER_WAIT_SECONDS = 60.0
+WRITER_WAIT_SECONDS = WRITER_TIMEOUT
+"""A restore waits for a dead kernel's writers as long as a writer may live: giving up earlier would
+restore an older state while the newer one is still being committed."""
 
 
 def session_name(environ: Any = os.environ) -> str:
@@ -229,7 +231,8 @@ class Agent:
     def restore(self, generation: int | None = None, skip: Collection[str] = ()) -> RestoreReport:
         """Restore into the shell and continue recording from the restored state."""
         self.checkpointer.wait(timeout=60)
-        wait_for_writers(self.store, timeout=WRITER_WAIT_SECONDS)  # a dead kernel's writer may be finishing
+        wait_for_writers(self.store, timeout=WRITER_WAIT_SECONDS,  # a dead kernel's writer may be finishing
+                         on_wait=lambda _: self._publish_progress("waiting for a checkpoint being written", 0, 0))
         self.recorder.paused = True
         try:
             restored = restore_session(self.shell, self.store, generation, progress=self._publish_progress,

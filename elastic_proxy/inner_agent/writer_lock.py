@@ -16,7 +16,7 @@ import fcntl
 import hashlib
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 POLL_SECONDS = 0.05
 
@@ -70,9 +70,13 @@ def _running(pid: int) -> bool:
         return False
 
 
-def wait_for_writers(store: Any, timeout: float) -> float:
-    """Wait (at most `timeout` s) until no writer holds or waits for the lock; returns the seconds waited."""
-    started = time.monotonic()
+def wait_for_writers(store: Any, timeout: float, on_wait: Callable[[float], None] | None = None,
+                     every: float = 2.0) -> float:
+    """Wait (at most `timeout` s) until no writer holds or waits for the lock; returns the seconds waited.
+
+    `on_wait(seconds so far)` is called every `every` seconds of waiting: a long wait (a dead kernel's
+    writer finishing gigabytes) must show that it is alive, to the user and to the supervisor."""
+    started = last_said = time.monotonic()
     path = lock_path(store)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -84,8 +88,12 @@ def wait_for_writers(store: Any, timeout: float) -> float:
                     return time.monotonic() - started
             except BlockingIOError:
                 pass
-            if time.monotonic() - started >= timeout:
-                return time.monotonic() - started
+            now = time.monotonic()
+            if now - started >= timeout:
+                return now - started
+            if on_wait is not None and now - last_said >= every:
+                last_said = now
+                on_wait(now - started)
             time.sleep(POLL_SECONDS)
     finally:
         os.close(fd)

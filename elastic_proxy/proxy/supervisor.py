@@ -113,6 +113,7 @@ class Supervisor:
         self._exit: asyncio.Future[int] | None = None
         self._last_child_traffic = 0.0
         self._skip_restore_reason: str | None = None
+        self._silent_child: KernelChild | None = None
         self.heartbeat: Heartbeat | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -266,13 +267,16 @@ class Supervisor:
             self._child_pumps.append(self.pumps.add(SocketPump(self.pumps.loop, sock, handler, self.log)))
 
     async def _probe_until_ready(self, child: KernelChild) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
+        """Ask until the child answers. One silent for START_TIMEOUT is killed; one that sends
+        anything (a restore's progress, while it waits for a writer or loads gigabytes) is not."""
+        started = time.monotonic()
         while self.child is child and self.state.phase is Phase.STARTING:
             await asyncio.sleep(PROBE_INTERVAL)
             if self.child is not child or self.state.phase is not Phase.STARTING:
                 return
-            if time.monotonic() > deadline:
-                self.log.error("kernel child did not answer within %.0f s; killing it", START_TIMEOUT)
+            if time.monotonic() - max(started, self._last_child_traffic) > START_TIMEOUT:
+                self.log.error("kernel child was silent for %.0f s while starting; killing it", START_TIMEOUT)
+                self._silent_child = child
                 child.kill()
                 return
             self._execute([self.state.probe()])
@@ -283,7 +287,10 @@ class Supervisor:
         oom_kills = child.oom_kills()
         cause = describe_exit(returncode, oom_kills, self.memory_limit_text)
         restoring = self.state.phase in (Phase.STARTING, Phase.RESTORING)
-        likely_oom = oom_kills or (returncode == -signal.SIGKILL and not self.memory_limit_text)
+        silenced = child is self._silent_child  # our own SIGKILL: not the kernel's out-of-memory killer
+        if silenced:
+            cause = f"The kernel process sent nothing for {START_TIMEOUT:.0f} s while starting, so it was stopped."
+        likely_oom = oom_kills or (returncode == -signal.SIGKILL and not self.memory_limit_text and not silenced)
         if restoring and likely_oom and not self.state.shutting_down:
             # Loading the state is what ran out of memory: loading it again would loop.
             self._skip_restore_reason = "restoring the last checkpoint ran out of memory"

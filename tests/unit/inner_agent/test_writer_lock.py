@@ -70,3 +70,16 @@ def test_a_writer_still_waiting_for_the_lock_is_waited_for_too(tmp_path):
     assert follower.poll() is not None or waited > 1.5, "the restore did not wait for the follower"
     first.wait()
     follower.wait()
+
+
+def test_a_long_wait_says_it_is_alive(tmp_path):
+    """Every `every` seconds of waiting the caller hears of it (the agent turns that into progress
+    messages, which keep the supervisor from taking the restoring kernel for a hung one)."""
+    store = SimpleNamespace(root=str(tmp_path), session="nb.ipynb")
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, store.root, store.session, "1.6"],
+                              stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline() == "holding\n"
+    heard: list[float] = []
+    wait_for_writers(store, timeout=30, on_wait=heard.append, every=0.3)
+    writer.wait()
+    assert len(heard) >= 3 and heard == sorted(heard), heard
