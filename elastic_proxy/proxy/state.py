@@ -483,7 +483,9 @@ class ProtocolState:
         for request in list(self.in_flight.values()):
             msg = request.msg
             if request.started:
-                crashed_stops |= msg.msg_type == "execute_request" and msg.content.get("stop_on_error", True)
+                # A cell that had already replied finished; only its idle is missing. It did not crash.
+                crashed_stops |= (not request.replied and msg.msg_type == "execute_request"
+                                  and msg.content.get("stop_on_error", True))
                 actions.extend(self._answer_killed(request, cause))
             elif msg.msg_type == "kernel_info_request" and self.kernel_info is not None:
                 info = self.kernel_info

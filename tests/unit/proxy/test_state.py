@@ -198,6 +198,21 @@ def test_requests_behind_a_killed_cell_are_aborted_with_stop_on_error():
     assert [m for _, m in state.queued] == [other]  # not an execution: re-sent to the next child
 
 
+def test_a_cell_that_replied_before_the_death_is_no_crash_and_aborts_nothing():
+    """Its idle was still on the way when the child died: the client gets that idle, no error, and
+    the cell sent after it runs on the next child (it was aborted, a race seen in CI)."""
+    state = ready_state()
+    done = run_started(state)
+    reply = from_child("execute_reply", {"status": "ok", "execution_count": 1}, done)
+    assert sends(state.child_message(SHELL, reply), channel=SHELL)
+    waiting = request("execute_request", {"code": "print(kept)"})
+    state.client_message(SHELL, waiting)
+    actions = state.child_died("killed", respawn=True)
+    assert [(a.msg.msg_type, a.msg.content) for a in sends(actions)] == [("status", {"execution_state": "idle"})]
+    assert parent_of(sends(actions)[0]) == done.msg_id
+    assert [m for _, m in state.queued] == [waiting]
+
+
 def test_requests_behind_a_killed_cell_survive_without_stop_on_error():
     state = ready_state()
     run_started(state, stop_on_error=False)
