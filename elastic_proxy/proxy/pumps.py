@@ -1,8 +1,8 @@
 """ZMQ sockets driven straight from asyncio's selector: no Future, no Task per message.
 
 The proxy forwards about five messages per notebook cell. Through zmq.asyncio each one cost
-a Future, a Task wake-up and a poll, about 0.5 ms of CPU here, which made the proxy add
-several milliseconds to every round trip. Here a socket's file descriptor is registered with
+a Future, a Task wake-up and a poll: the supervisor spent about 3.5 ms of CPU per round trip
+of `x = 1` on the development VM, against 1.7-2.7 ms this way. Here a socket's file descriptor is registered with
 `loop.add_reader` once, and each wake-up reads every waiting message in one go and hands it
 to a plain function. Sends are non-blocking and done on the spot.
 
@@ -28,6 +28,7 @@ RETRY_INTERVAL = 0.002
 EVENTS = int(zmq.EVENTS)
 POLLIN = int(zmq.POLLIN)
 NOBLOCK = int(zmq.NOBLOCK)
+
 
 class SocketPump:
     """Reads one socket whenever it is readable, handing each message to `handle`."""
