@@ -69,14 +69,16 @@ class SocketPump:
 class PumpSet:
     """The supervisor's pumps by socket, so that a send can be followed by a re-check of its socket."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
         self.pumps: dict[zmq.Socket, SocketPump] = {}
         self._to_recheck: set[SocketPump] = set()
 
-    def add(self, pump: SocketPump) -> SocketPump:
-        self.pumps[pump.sock] = pump
-        self.poke(pump.sock)  # messages may already wait, with their signal gone
+    def watch(self, sock: zmq.Socket, handle: Callable[[list[bytes]], None], *, multipart: bool = True) -> SocketPump:
+        """Read `sock` on the running loop from now on, handing each message to `handle`."""
+        pump = SocketPump(asyncio.get_running_loop(), sock, handle, self.log, multipart=multipart)
+        self.pumps[sock] = pump
+        self.poke(sock)  # messages may already wait, with their signal gone
         return pump
 
     def remove(self, pump: SocketPump) -> None:
@@ -90,7 +92,7 @@ class PumpSet:
         if pump is None:
             return
         if not self._to_recheck:
-            self.loop.call_soon(self._recheck)
+            pump.loop.call_soon(self._recheck)
         self._to_recheck.add(pump)
 
     def _recheck(self) -> None:

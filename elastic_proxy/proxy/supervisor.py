@@ -104,7 +104,7 @@ class Supervisor:
         self.child: KernelChild | None = None
         self.child_sockets: dict[str, zmq.Socket] = {}
         self.child_outboxes: dict[str, ChildOutbox] = {}
-        self.pumps: PumpSet | None = None
+        self.pumps = PumpSet(log)
         self._child_pumps: list[SocketPump] = []
         self.child_identity = f"elastic-proxy-{os.getpid()}".encode()
         self.generation = 0
@@ -120,13 +120,12 @@ class Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self._exit = loop.create_future()
-        self.pumps = PumpSet(loop)
         self._bind_client_sockets()
         loop.add_signal_handler(signal.SIGTERM, self._request_exit, 0)
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         for channel in (SHELL, CONTROL, STDIN):
-            self.pumps.add(SocketPump(loop, self.client[channel], self._client_handler(channel), self.log))
-        self.pumps.add(SocketPump(loop, self.client[IOPUB], self._subscription, self.log, multipart=False))
+            self.pumps.watch(self.client[channel], self._client_handler(channel))
+        self.pumps.watch(self.client[IOPUB], self._subscription, multipart=False)
         self._tasks.append(asyncio.ensure_future(self._spawn_child()))
         self._tasks.append(asyncio.ensure_future(self._exit_with_parent()))
         code = await self._exit
@@ -180,7 +179,6 @@ class Supervisor:
         if self.child is not None:
             await self.child.stop(grace=1.0)
             await self._close_child()
-        assert self.pumps is not None
         for pump in list(self.pumps.pumps.values()):
             self.pumps.remove(pump)
         for sock in self.client.values():
@@ -248,7 +246,6 @@ class Supervisor:
             await spare.cleanup()
 
     def _connect_child(self, child: KernelChild) -> None:
-        assert self.pumps is not None
         urls = child.urls()
         kinds = {SHELL: zmq.DEALER, CONTROL: zmq.DEALER, STDIN: zmq.DEALER, IOPUB: zmq.SUB}
         for channel, kind in kinds.items():
@@ -263,8 +260,7 @@ class Supervisor:
             self.child_sockets[channel] = sock
             if kind == zmq.DEALER:
                 self.child_outboxes[channel] = ChildOutbox(sock, self.log, self.pumps.poke)
-            handler = self._child_handler(channel)
-            self._child_pumps.append(self.pumps.add(SocketPump(self.pumps.loop, sock, handler, self.log)))
+            self._child_pumps.append(self.pumps.watch(sock, self._child_handler(channel)))
 
     async def _probe_until_ready(self, child: KernelChild) -> None:
         """Ask until the child answers. One silent for START_TIMEOUT is killed; one that sends
@@ -353,7 +349,6 @@ class Supervisor:
             if task is not current:
                 task.cancel()
         self._child_tasks.clear()
-        assert self.pumps is not None
         for pump in self._child_pumps:
             self.pumps.remove(pump)  # before the sockets close: their fds could be reused at once
         self._child_pumps.clear()
@@ -441,7 +436,6 @@ class Supervisor:
         if action.to == "client":
             sock = self.client[action.channel]
             send_to_client(sock, action.msg.to_frames(self.client_signer), self.log)
-            assert self.pumps is not None
             self.pumps.poke(sock)
             return
         outbox = self.child_outboxes.get(action.channel)
