@@ -8,8 +8,10 @@ to a plain function. Sends are non-blocking and done on the spot.
 
 A ZMQ socket's descriptor is edge-triggered: it signals that *something* changed, and any
 operation on the socket (a send included) can consume that signal while messages wait. So
-each wake-up drains the socket, and `PumpSet.poke` re-checks a socket after a send on it.
-Flags are plain ints: pyzmq's enum flags cost more than the calls they are passed to.
+each wake-up drains the socket, and `PumpSet.poke` re-checks a socket after a send on it: asking
+EVENTS right away says whether a message waits, so a loop turn is spent only when one does.
+Frames go through pyzmq's Cython socket methods with plain int flags: its Python wrappers
+(send_multipart, recv_multipart) build an enum flag per frame, which cost more than the send.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ RETRY_INTERVAL = 0.002
 EVENTS = int(zmq.EVENTS)
 POLLIN = int(zmq.POLLIN)
 NOBLOCK = int(zmq.NOBLOCK)
+SNDMORE = int(zmq.SNDMORE)
+RCVMORE = int(zmq.RCVMORE)
+#: Frames from this size up are sent without a copy (pyzmq's own threshold for copy=False).
+ZERO_COPY_BYTES = zmq.COPY_THRESHOLD
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+_get = zmq.backend.Socket.get
 
 
 class SocketPump:
@@ -42,22 +51,30 @@ class SocketPump:
         self.multipart = multipart
         self.fd = sock.getsockopt(int(zmq.FD))
         self.closed = False
+        self.scheduled = False
         loop.add_reader(self.fd, self.drain)
 
+    def schedule(self) -> None:
+        """Drain on the next loop turn (not now: the caller may be in the middle of a handler)."""
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.drain)
+
     def drain(self) -> None:
+        self.scheduled = False
         sock = self.sock
         for _ in range(BATCH):
             # Asking EVENTS is cheaper than the zmq.Again that an empty recv raises.
-            if self.closed or not sock.getsockopt(EVENTS) & POLLIN:
+            if self.closed or not _get(sock, EVENTS) & POLLIN:
                 return
-            raw = sock.recv_multipart(NOBLOCK) if self.multipart else [sock.recv(NOBLOCK)]
+            raw = recv_frames(sock) if self.multipart else [_recv(sock, NOBLOCK)]
             try:
                 self.handle(raw)
             except Exception:
                 # One bad message must not stop the channel: the reader would be gone for good.
                 self.log.exception("error while handling a message; the message was dropped")
         if not self.closed:
-            self.loop.call_soon(self.drain)
+            self.schedule()
 
     def close(self) -> None:
         """Stop reading; the caller closes the socket afterwards (never before: the fd would be reused)."""
@@ -72,7 +89,6 @@ class PumpSet:
     def __init__(self, log: logging.Logger) -> None:
         self.log = log
         self.pumps: dict[zmq.Socket, SocketPump] = {}
-        self._to_recheck: set[SocketPump] = set()
 
     def watch(self, sock: zmq.Socket, handle: Callable[[list[bytes]], None], *, multipart: bool = True) -> SocketPump:
         """Read `sock` on the running loop from now on, handing each message to `handle`."""
@@ -84,21 +100,12 @@ class PumpSet:
     def remove(self, pump: SocketPump) -> None:
         pump.close()
         self.pumps.pop(pump.sock, None)
-        self._to_recheck.discard(pump)
 
     def poke(self, sock: zmq.Socket) -> None:
-        """After a send on `sock`: drain it on the next loop turn, in case the send took its signal."""
+        """After a send on `sock`: if a message waits (the send may have taken its signal), drain it soon."""
         pump = self.pumps.get(sock)
-        if pump is None:
-            return
-        if not self._to_recheck:
-            pump.loop.call_soon(self._recheck)
-        self._to_recheck.add(pump)
-
-    def _recheck(self) -> None:
-        pumps, self._to_recheck = self._to_recheck, set()
-        for pump in pumps:
-            pump.drain()
+        if pump is not None and not pump.closed and _get(sock, EVENTS) & POLLIN:
+            pump.schedule()
 
 
 class ChildOutbox:
@@ -143,10 +150,23 @@ class ChildOutbox:
         self.backlog.clear()
 
 
+def recv_frames(sock: zmq.Socket) -> list[bytes]:
+    """One whole multipart message, which is there: EVENTS said POLLIN."""
+    frames = [_recv(sock, NOBLOCK)]
+    while _get(sock, RCVMORE):
+        frames.append(_recv(sock, NOBLOCK))
+    return frames
+
+
 def _try_send(sock: zmq.Socket, frames: list[bytes]) -> bool:
-    """Send without blocking; False when the socket's queue is full. Large frames go zero-copy."""
+    """Send without blocking; False when the socket's queue is full. Large frames go zero-copy.
+
+    libzmq takes a multipart message whole or not at all: only its first frame can raise Again.
+    """
+    last = len(frames) - 1
     try:
-        sock.send_multipart(frames, NOBLOCK, copy=False)
+        for i, frame in enumerate(frames):
+            _send(sock, frame, NOBLOCK | SNDMORE if i < last else NOBLOCK, copy=len(frame) < ZERO_COPY_BYTES)
     except zmq.Again:
         return False
     return True

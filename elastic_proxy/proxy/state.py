@@ -235,8 +235,8 @@ class ProtocolState:
             if request is not None:
                 self._log_cell(request.msg, msg.content)
         elif kind == "kernel_info_reply":
-            self.kernel_info = self._advertised(msg.content)
-            msg = msg.with_content(self.kernel_info)
+            msg = msg.with_content(self._advertised(msg.content))
+            self.kernel_info = msg.content
         return [Send("client", channel, msg)]
 
     def _log_cell(self, request: WireMessage, reply: dict[str, Any]) -> None:
@@ -309,12 +309,13 @@ class ProtocolState:
         self.execution_count = max(self.execution_count, shown)
         if self.count_offset == 0:
             return msg
-        return msg.with_content({**msg.content, "execution_count": shown})
+        return msg.with_content({"execution_count": shown})
 
     @staticmethod
     def _advertised(content: dict[str, Any]) -> dict[str, Any]:
+        """The changes to a child's kernel_info: without the features a respawn would break."""
         features = [f for f in content.get("supported_features", []) if f not in STRIPPED_FEATURES]
-        return {**content, "supported_features": features, "debugger": False}
+        return {"supported_features": features, "debugger": False}
 
     # --- child lifecycle ---------------------------------------------------------------
     def child_started(self, language: str = "python", *, restore_on_ready: bool = False) -> list[Action]:
@@ -335,7 +336,7 @@ class ProtocolState:
         parent_id = msg.parent_msg_id
         if self._probe is not None and parent_id == self._probe.msg_id:
             self._probe.replied = True
-            self.kernel_info = self._advertised(msg.content)
+            self.kernel_info = {**msg.content, **self._advertised(msg.content)}
             return self._answer_queued_kernel_info(self.kernel_info)
         elif parent_id == self._summary_id and msg.msg_type == "execute_reply":
             self._summary_id = None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 from jupyter_client.session import json_packer
 
 DELIMITER = b"<IDS|MSG>"
@@ -84,9 +85,16 @@ class ReplayGuard:
         return True
 
 
-def _loads(frame: bytes, what: str) -> dict[str, Any]:
+def _loads(frame: bytes, what: str, *, exact: bool = False) -> dict[str, Any]:
+    """orjson decodes a header in a quarter of json's time, on every message. json takes what
+    orjson refuses (NaN), and decodes `exact`ly what is to be re-encoded (see with_content)."""
     try:
-        value = json.loads(frame)
+        value = json.loads(frame) if exact else orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        try:
+            value = json.loads(frame)
+        except (ValueError, UnicodeDecodeError) as err:
+            raise WireError(f"malformed {what}: {err}") from None
     except (ValueError, UnicodeDecodeError) as err:
         raise WireError(f"malformed {what}: {err}") from None
     if not isinstance(value, dict):
@@ -136,8 +144,13 @@ class WireMessage:
     def parent_msg_id(self) -> str:
         return self.parent_header.get("msg_id", "")
 
-    def with_content(self, content: dict[str, Any]) -> WireMessage:
-        """A copy whose content frame is re-encoded (used to rewrite counts and features)."""
+    def with_content(self, changes: dict[str, Any]) -> WireMessage:
+        """A copy with `changes` applied to its content (to rewrite counts and features).
+
+        The content is decoded again with json, not orjson: orjson reads an integer beyond 64
+        bits as a float, which re-encoding would then put on the wire.
+        """
+        content = {**_loads(self.frames[3], "content", exact=True), **changes}
         frames = [*self.frames[:3], json_packer(content)]
         return replace(self, frames=frames, _decoded={**self._decoded, 3: content})
 
@@ -146,6 +159,15 @@ class WireMessage:
 
     def to_frames(self, signer: Signer) -> list[bytes]:
         return [*self.idents, DELIMITER, signer.sign(self.frames), *self.frames, *self.buffers]
+
+
+def dumps(value: dict[str, Any]) -> bytes:
+    """The supervisor's own messages: orjson where it can (a twentieth of json_packer's time),
+    jupyter_client's packer for what orjson refuses (integers beyond 64 bits, non-string keys)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json_packer(value)
 
 
 def parse(
@@ -199,7 +221,7 @@ def new_message(
         "version": PROTOCOL_VERSION,
     }
     parent_frame = parent.frames[0] if parent is not None else b"{}"
-    frames = [json_packer(header), parent_frame, json_packer(metadata or {}), json_packer(content)]
+    frames = [dumps(header), parent_frame, dumps(metadata or {}), dumps(content)]
     decoded = {3: content}
     return WireMessage(
         idents=list(idents or []), frames=frames, header=header, _decoded=decoded

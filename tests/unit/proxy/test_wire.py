@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from jupyter_client.session import Session
 
@@ -102,3 +104,30 @@ def test_with_content_reencodes_only_the_content():
     changed = msg.with_content({"code": "2"})
     assert changed.frames[:3] == msg.frames[:3] and changed.content == {"code": "2"}
     assert parse([*changed.to_frames(Signer(b"k"))], Signer(b"k")).content == {"code": "2"}
+
+
+def _signed(content: bytes, key: bytes = b"k") -> list[bytes]:
+    """A message whose content frame is exactly `content` (what a client other than Python may send)."""
+    session = Session(key=key)
+    header = session.msg_header("execute_result")
+    frames = [session.pack(header), b"{}", b"{}", content]
+    return [DELIMITER, Signer(key).sign(frames), *frames]
+
+
+def test_an_integer_beyond_64_bits_survives_a_count_rewrite():
+    big = 2**70 + 1  # orjson, which decodes headers, would read it as a float and lose the + 1
+    msg = parse(_signed(b'{"execution_count": 1, "data": {"application/json": {"n": %d}}}' % big), Signer(b"k"))
+    changed = msg.with_content({"execution_count": 7})
+    sent = parse(changed.to_frames(Signer(b"k")), Signer(b"k")).frames[3]
+    assert json.loads(sent) == {"execution_count": 7, "data": {"application/json": {"n": big}}}
+
+
+def test_content_orjson_refuses_is_still_read():
+    msg = parse(_signed(b'{"value": NaN}'), Signer(b"k"))
+    assert msg.content["value"] != msg.content["value"]  # NaN, as Python's json reads it
+
+
+def test_malformed_content_is_a_wire_error():
+    msg = parse(_signed(b'{"value": '), Signer(b"k"))
+    with pytest.raises(WireError, match="malformed content"):
+        msg.content.get("value")
