@@ -31,7 +31,6 @@ EVENTS = int(zmq.EVENTS)
 POLLIN = int(zmq.POLLIN)
 NOBLOCK = int(zmq.NOBLOCK)
 SNDMORE = int(zmq.SNDMORE)
-RCVMORE = int(zmq.RCVMORE)
 #: Frames from this size up are sent without a copy (pyzmq's own threshold for copy=False).
 ZERO_COPY_BYTES = zmq.COPY_THRESHOLD
 _send = zmq.backend.Socket.send
@@ -151,11 +150,17 @@ class ChildOutbox:
 
 
 def recv_frames(sock: zmq.Socket) -> list[bytes]:
-    """One whole multipart message, which is there: EVENTS said POLLIN."""
-    frames = [_recv(sock, NOBLOCK)]
-    while _get(sock, RCVMORE):
-        frames.append(_recv(sock, NOBLOCK))
-    return frames
+    """One whole multipart message, which is there: EVENTS said POLLIN.
+
+    Frames from ZERO_COPY_BYTES up stay in libzmq's buffer (a memoryview), so a 50 MiB output
+    is not copied on its way through; smaller ones become bytes, which cost no more to make.
+    """
+    frames = []
+    while True:
+        frame = _recv(sock, NOBLOCK, False)
+        frames.append(frame.bytes if len(frame) < ZERO_COPY_BYTES else frame.buffer)
+        if not frame.more:
+            return frames
 
 
 def _try_send(sock: zmq.Socket, frames: list[bytes]) -> bool:

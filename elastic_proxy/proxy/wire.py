@@ -89,10 +89,10 @@ def _loads(frame: bytes, what: str, *, exact: bool = False) -> dict[str, Any]:
     """orjson decodes a header in a quarter of json's time, on every message. json takes what
     orjson refuses (NaN), and decodes `exact`ly what is to be re-encoded (see with_content)."""
     try:
-        value = json.loads(frame) if exact else orjson.loads(frame)
+        value = json.loads(bytes(frame)) if exact else orjson.loads(frame)
     except orjson.JSONDecodeError:
         try:
-            value = json.loads(frame)
+            value = json.loads(bytes(frame))
         except (ValueError, UnicodeDecodeError) as err:
             raise WireError(f"malformed {what}: {err}") from None
     except (ValueError, UnicodeDecodeError) as err:
@@ -104,9 +104,10 @@ def _loads(frame: bytes, what: str, *, exact: bool = False) -> dict[str, Any]:
 
 @dataclass
 class WireMessage:
-    """One message: routing identities, the four dict frames as bytes, and buffers.
+    """One message: routing identities, the four dict frames, and buffers.
 
-    `header` is always decoded; `parent_header`, `metadata` and `content` on first use.
+    `header` is always decoded; `parent_header`, `metadata` and `content` on first use. Frames
+    and buffers are bytes, or memoryviews of libzmq's buffers for large ones (never copied).
     """
 
     idents: list[bytes]
@@ -185,7 +186,7 @@ def parse(
     if len(raw) < split + 6:
         raise WireError(f"too few frames ({len(raw) - split - 1} after the delimiter, need 5)")
     signature = bytes(raw[split + 1])
-    frames = [bytes(f) for f in raw[split + 2 : split + 6]]
+    frames = raw[split + 2 : split + 6]
     if signer is not None and not signer.verify(signature, frames):
         raise WireError("invalid signature")
     if guard is not None and not guard.check_and_add(signature):
@@ -196,7 +197,7 @@ def parse(
     return WireMessage(
         idents=[bytes(i) for i in raw[:split]],
         frames=frames,
-        buffers=[bytes(b) for b in raw[split + 6 :]],
+        buffers=raw[split + 6 :],
         header=header,
     )
 

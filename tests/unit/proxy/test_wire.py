@@ -131,3 +131,15 @@ def test_malformed_content_is_a_wire_error():
     msg = parse(_signed(b'{"value": '), Signer(b"k"))
     with pytest.raises(WireError, match="malformed content"):
         msg.content.get("value")
+
+
+def test_large_frames_received_as_memoryviews_are_parsed_and_resigned():
+    """The pumps hand over frames of 64 KiB and more as memoryviews of libzmq's buffers."""
+    big = b'{"execution_count": 1, "data": {"text/plain": "' + b"x" * (1 << 20) + b'"}}'
+    raw = _signed(big)
+    raw[-1] = memoryview(big)
+    msg = parse(raw, Signer(b"k"))
+    assert msg.content["data"]["text/plain"] == "x" * (1 << 20)
+    changed = msg.with_content({"execution_count": 2})
+    assert parse(changed.to_frames(Signer(b"k2")), Signer(b"k2")).content["execution_count"] == 2
+    assert parse([*raw, memoryview(b"buffer")], Signer(b"k")).buffers == [b"buffer"]
