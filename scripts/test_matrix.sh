@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the test suite under each Python 3.9-3.13 that pyenv provides, each in .venv-pyX.Y.
+# Runs `make test` under each Python 3.9-3.13 that pyenv provides, each in .venv-pyX.Y.
 # ipykernel 7 needs Python >= 3.10 (7.3 there); pip resolves ipykernel 6.29+ on 3.9 by itself.
 # PYTHONS="3.9 3.13" runs a subset. Each version's install and pytest output go to .venv-pyX.Y.log;
 # its summary line is printed as soon as it is known, and all of them again at the end.
@@ -18,12 +18,13 @@ for v in ${PYTHONS:-3.9 3.10 3.11 3.12 3.13}; do
   versions=$("$venv/bin/python" -c 'import platform, ipykernel, jupyter_client
 print(f"Python {platform.python_version()}, ipykernel {ipykernel.__version__}, jupyter_client {jupyter_client.__version__}")')
   start=$(date +%s)
-  if "$venv/bin/python" -m pytest -q -p no:cacheprovider -rfE tests >>"$venv.log" 2>&1; then
+  # The selection `make test` runs (its browser and slow S3 tests have their own targets).
+  if make -s test PYTHON="$py" VENV="$venv" >>"$venv.log" 2>&1; then
     result=passed
   else
     result=FAILED; status=1
   fi
-  report "$v: $result ($versions) $(tail -n1 "$venv.log") [$(( $(date +%s) - start )) s, log $venv.log]"
+  report "$v: $result ($versions) $(grep -E '[0-9]+ (passed|failed)' "$venv.log" | tail -n1) [$(( $(date +%s) - start )) s, log $venv.log]"
 done
 echo "--- summary"
 printf '%s\n' "${summary[@]}"
