@@ -466,12 +466,30 @@ class Supervisor:
         try:
             proc = psutil.Process(self.child.pid)
             procs = [proc, *proc.children(recursive=True)]
-            content["kernel_cpu"] = sum(p.cpu_percent(None) for p in procs)
-            content["kernel_memory"] = sum(p.memory_info().rss for p in procs)
         except psutil.Error:
-            pass
+            return content
+        content.update(process_tree_usage(procs))
         content["host_virtual_memory"] = dict(psutil.virtual_memory()._asdict())
         return content
+
+
+def process_tree_usage(procs: list[Any]) -> dict[str, float]:
+    """CPU percent and RSS summed over the child and its processes (psutil.Process objects).
+
+    One that ended since it was listed is left out: the child's checkpoint writers are short-lived,
+    and one ending at the wrong moment must not take the whole figure with it.
+    """
+    import psutil
+
+    cpu = memory = 0.0
+    for proc in procs:
+        try:
+            with proc.oneshot():
+                cpu += proc.cpu_percent(None)
+                memory += proc.memory_info().rss
+        except psutil.Error:
+            continue
+    return {"kernel_cpu": cpu, "kernel_memory": int(memory)}
 
 
 def run_supervisor(supervisor: Supervisor) -> int:
