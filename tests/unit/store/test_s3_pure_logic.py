@@ -110,7 +110,7 @@ def test_a_damaged_cache_entry_is_evicted_not_returned(tmp_path, damage):
     assert not os.path.exists(path) and cache.evicted == 1
     cache.put(address, data)
     with open(path, "r+b") as f:
-        f.write(b"\0")
+        f.write(bytes([data[0] ^ 0xFF]))  # a byte that differs (a fixed b"\0" did not, 1 time in 256)
     assert cache.read(address) is None and not os.path.exists(path)
 
 
