@@ -127,8 +127,19 @@ class Recorder:
         self.sizes: dict[str, int] = {}
         self.aliases = aliasing.AliasGroups()
         self.listeners = list(listeners)
-        self.paused = False
+        self._paused = False
         self._pending: _Pending | None = None
+        self._rng_after: dict[str, Any] | None = None  # the generators as the last recorded cell left them
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        """While paused (a restore re-running cells), the generators move unrecorded."""
+        self._paused = value
+        self._rng_after = None
 
     @property
     def namespace(self) -> dict[str, Any]:
@@ -142,6 +153,7 @@ class Recorder:
         if self._pending is not None:
             self._pending.audit.stop()
         self._pending = None
+        self._rng_after = None
 
     def reset(self) -> None:
         """Forget everything recorded (the namespace was cleared)."""
@@ -173,7 +185,7 @@ class Recorder:
             used = facts.loads | facts.mutated | facts.calls | called.loads
             reads = {n for n in self._with_aliases({n for n in used if self.is_user_name(n)}) if n in ns}
         audit = sideeffects.AuditRecorder(self.ignore_prefixes)
-        audit.start()
+        audit.start(self._rng_after)
         self._pending = _Pending(
             raw, facts, before_ids, candidates, reads, keys_before, audit, time.perf_counter()
         )
@@ -184,6 +196,7 @@ class Recorder:
             return
         runtime = time.perf_counter() - pending.started
         events = pending.audit.stop(pending.facts.seeds)
+        self._rng_after = pending.audit.rng_after
         ns = self.namespace
         candidates = set(pending.candidates)
         if pending.keys_before is not None:

@@ -88,6 +88,12 @@ def _normalise(path: str) -> str:
     return os.path.realpath(os.path.abspath(os.path.expanduser(path)))
 
 
+@functools.lru_cache(maxsize=8)
+def _ignored_prefixes(extra: tuple[str, ...]) -> tuple[str, ...]:
+    """Once per set of extra prefixes, not per cell: realpath makes a system call per path part."""
+    return tuple(sorted({*default_ignored_prefixes(), *(_normalise(p) for p in extra)}))
+
+
 # ---------------------------------------------------------------------------------------------
 # Global random generators: their states before and after a cell.
 
@@ -152,11 +158,12 @@ class AuditRecorder:
     _install_lock = threading.Lock()
 
     def __init__(self, ignore_prefixes: Iterable[str] = ()) -> None:
-        self.ignored = tuple(sorted({*default_ignored_prefixes(), *(_normalise(p) for p in ignore_prefixes)}))
+        self.ignored = _ignored_prefixes(tuple(ignore_prefixes))
         self.effects = CellEffects()
         self._destructive: list[str] = []
         self._created: set[str] = set()  # paths this cell made: removing them destroys nothing
         self._rng_before: dict[str, Any] = {}
+        self.rng_after: dict[str, Any] = {}
         self._busy = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -168,12 +175,16 @@ class AuditRecorder:
                 sys.addaudithook(_hook)
                 cls._installed = True
 
-    def start(self) -> None:
+    def start(self, rng_before: dict[str, Any] | None = None) -> None:
+        """Begin recording. `rng_before` is the generators' states as the previous cell left them
+        (its `rng_after`), which saves reading them again (numpy's takes about 50 us). What ran in
+        between (a widget's callback) is then counted against this cell: wrongly nondeterministic
+        at worst, never wrongly reproducible, unless that code restored the states it found."""
         self.install()
         self.effects = CellEffects()
         self._destructive = []
         self._created = set()
-        self._rng_before = _rng_states()
+        self._rng_before = _rng_states() if rng_before is None else rng_before
         AuditRecorder._active = self
 
     def stop(self, seeded: Iterable[str] = ()) -> CellEffects:
@@ -183,7 +194,7 @@ class AuditRecorder:
             AuditRecorder._active = None
         effects = self.effects
         seeded = set(seeded)
-        after = _rng_states()
+        after = self.rng_after = _rng_states()
         reasons = []
         for generator, state in after.items():
             if generator in self._rng_before:

@@ -100,3 +100,26 @@ def test_size_estimate_samples_big_containers_and_skips_what_cannot_be_asked():
     arrays = [np.zeros(1000) for _ in range(5000)]
     assert estimate_size(arrays) == pytest.approx(5000 * 8000, rel=0.01)
     assert estimate_size({"x": np.zeros(10**6), "p": Proxy()}) >= 8_000_000
+
+
+def _draws(c: CellExecution) -> bool:
+    return any("numpy.random generator" in reason for reason in c.nondeterministic)
+
+
+def test_each_cell_is_judged_on_its_own_draws_while_states_carry_over(rec):
+    """A cell's starting generator states are the previous cell's final ones (not read again)."""
+    cell(rec, "import numpy as np")
+    assert _draws(cell(rec, "a = np.random.rand(3)"))
+    assert not _draws(cell(rec, "b = 1")), "the draws of the cell before are not this cell's"
+    assert _draws(cell(rec, "c = np.random.rand(3)"))
+
+
+def test_draws_between_cells_count_against_the_next_one_unless_paused(rec):
+    cell(rec, "import numpy as np")
+    cell(rec, "b = 1")
+    np.random.rand(3)  # as a widget's callback would, between two cells
+    assert _draws(cell(rec, "c = 2")), "when in doubt, the cell is not reproducible"
+    rec.paused = True  # a restore re-running cells: the generators move unrecorded
+    np.random.rand(3)
+    rec.paused = False
+    assert not _draws(cell(rec, "d = 3"))
