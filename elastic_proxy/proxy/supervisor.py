@@ -107,6 +107,9 @@ class Supervisor:
         self.pumps = PumpSet(log)
         self._child_pumps: list[SocketPump] = []
         self.child_identity = f"elastic-proxy-{os.getpid()}".encode()
+        # Read now, before any child exists: a server that dies as soon as it sees the child would
+        # otherwise be gone already when the parent watch first asks (it then sees init for ever).
+        self._parent_pid = os.getppid()
         self.generation = 0
         self._child_tasks: list[asyncio.Task] = []
         self._tasks: list[asyncio.Task] = []
@@ -136,17 +139,21 @@ class Supervisor:
         """Exit when the process that started us (the Jupyter server) is gone, as ipykernel does.
 
         jupyter_client sets JPY_PARENT_PID; a supervisor orphaned by a crashed server would
-        otherwise hold its ports and its child forever.
+        otherwise hold its ports and its child forever. The rule is ipykernel's ParentPollerUnix:
+        gone when the parent changes, or, if the parent was not the server from the start (a
+        wrapper, or a server that died at once), when the parent is init.
         """
-        if not os.environ.get("JPY_PARENT_PID"):
+        server = int(os.environ.get("JPY_PARENT_PID") or 0)
+        if server in (0, 1):  # no server to watch; init never goes away
             return
-        parent = os.getppid()
+        expected = server if self._parent_pid == server else 0
         while True:
-            await asyncio.sleep(PARENT_POLL_INTERVAL)
-            if os.getppid() != parent:
+            parent = os.getppid()
+            if (parent != expected) if expected else (parent == 1):
                 self.log.warning("the process that started this kernel is gone; exiting")
                 self._request_exit(0)
                 return
+            await asyncio.sleep(PARENT_POLL_INTERVAL)
 
     def _request_exit(self, code: int) -> None:
         if self._exit is not None and not self._exit.done():

@@ -415,6 +415,32 @@ def test_supervisor_exits_when_the_process_that_started_it_dies():
     assert wait_for(lambda: gone(child), timeout=5)
 
 
+def test_supervisor_exits_when_its_server_died_while_it_started():
+    """The server dies as soon as it has launched the kernel: before the supervisor's parent watch
+    first looks (it used to take init for its parent then, and watch it for ever)."""
+    script = (
+        "import os\n"
+        "from jupyter_client import KernelManager\n"
+        f"km = KernelManager(kernel_name={KERNEL_NAME!r})\n"
+        "km.start_kernel()\n"
+        "print(km.provisioner.process.pid, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    supervisor = psutil.Process(int(parent.stdout.readline()))
+    parent.wait()
+
+    def gone() -> bool:
+        return not supervisor.is_running() or supervisor.status() == psutil.STATUS_ZOMBIE
+
+    try:
+        assert wait_for(gone, timeout=30)
+    finally:
+        if not gone():
+            for proc in [*supervisor.children(recursive=True), supervisor]:
+                proc.kill()
+
+
 def test_a_warm_spare_takes_over_after_a_death(kernel):
     """The next child was already running before the death: a death costs the restore, not a start."""
     km, kc = kernel
