@@ -200,7 +200,9 @@ def test_remove_deletes_the_cgroup_and_the_empty_base(cgroup_limit: MemoryLimit)
     with other:
         pass
     assert not other.cgroup.exists()
-    assert not other.cgroup.parent.exists()
+    base = other.cgroup.parent
+    # Another supervisor on this machine (a second test run) may hold a cgroup there: then it stays.
+    assert not base.exists() or any(p.is_dir() for p in base.iterdir()), "an empty base is removed"
 
 
 def test_create_replaces_an_empty_cgroup_of_the_same_name(cgroup_limit: MemoryLimit) -> None:
