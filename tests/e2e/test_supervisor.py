@@ -391,52 +391,44 @@ def test_nbclient_with_no_timeout_finishes_a_notebook_that_kills_its_kernel(tmp_
     assert [o["text"] for o in streams] == ["after the crash\n"], cells[2].outputs
 
 
-def test_supervisor_exits_when_the_process_that_started_it_dies():
-    """A crashed Jupyter server must not leave the kernel (and its child) running forever."""
+def _server_launching_a_kernel(then: str) -> tuple[subprocess.Popen, psutil.Process]:
+    """A process standing in for the Jupyter server: it starts the kernel, then runs `then`."""
     script = (
-        "import time\n"
+        "import os, time\n"
         "from jupyter_client import KernelManager\n"
         f"km = KernelManager(kernel_name={KERNEL_NAME!r})\n"
         "km.start_kernel()\n"
         "print(km.provisioner.process.pid, flush=True)\n"
-        "time.sleep(120)\n"
+        f"{then}\n"
     )
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    supervisor = psutil.Process(int(parent.stdout.readline()))
+    server = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    return server, psutil.Process(int(server.stdout.readline()))
+
+
+def _gone(proc: psutil.Process) -> bool:
+    return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+
+
+def test_supervisor_exits_when_the_process_that_started_it_dies():
+    """A crashed Jupyter server must not leave the kernel (and its child) running forever."""
+    parent, supervisor = _server_launching_a_kernel("time.sleep(120)")
     assert wait_for(lambda: supervisor.children(), timeout=30)
     child = supervisor.children()[0]
     parent.kill()
     parent.wait()
-
-    def gone(proc: psutil.Process) -> bool:
-        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
-
-    assert wait_for(lambda: gone(supervisor), timeout=15)
-    assert wait_for(lambda: gone(child), timeout=5)
+    assert wait_for(lambda: _gone(supervisor), timeout=15)
+    assert wait_for(lambda: _gone(child), timeout=5)
 
 
 def test_supervisor_exits_when_its_server_died_while_it_started():
     """The server dies as soon as it has launched the kernel: before the supervisor's parent watch
     first looks (it used to take init for its parent then, and watch it for ever)."""
-    script = (
-        "import os\n"
-        "from jupyter_client import KernelManager\n"
-        f"km = KernelManager(kernel_name={KERNEL_NAME!r})\n"
-        "km.start_kernel()\n"
-        "print(km.provisioner.process.pid, flush=True)\n"
-        "os._exit(0)\n"
-    )
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    supervisor = psutil.Process(int(parent.stdout.readline()))
+    parent, supervisor = _server_launching_a_kernel("os._exit(0)")
     parent.wait()
-
-    def gone() -> bool:
-        return not supervisor.is_running() or supervisor.status() == psutil.STATUS_ZOMBIE
-
     try:
-        assert wait_for(gone, timeout=30)
+        assert wait_for(lambda: _gone(supervisor), timeout=30)
     finally:
-        if not gone():
+        if not _gone(supervisor):
             for proc in [*supervisor.children(recursive=True), supervisor]:
                 proc.kill()
 
