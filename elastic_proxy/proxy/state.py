@@ -25,6 +25,14 @@ IOPUB = "iopub"
 
 #: Features a respawned child cannot honour: subshell ids and debugger sessions die with it.
 STRIPPED_FEATURES = frozenset({"kernel subshells", "debugger"})
+#: Control requests of the features in STRIPPED_FEATURES, answered with an error: (ename, what).
+UNOFFERED_REQUESTS = {
+    "debug_request": ("DebuggerUnavailable", "elastic-proxy does not offer the debugger: debugger sessions "
+                                             "would not survive a respawn of the kernel child."),
+    **{f"{verb}_subshell_request": ("SubshellsUnavailable", "elastic-proxy does not offer kernel subshells: "
+                                    "subshell ids would not survive a respawn of the kernel child.")
+       for verb in ("create", "delete", "list")},
+}
 #: Messages whose execution_count the supervisor shifts so numbering continues across children.
 COUNTED_TYPES = frozenset({"execute_input", "execute_result", "execute_reply"})
 #: Restores smaller than this finish in about the time a progress display would take to notice.
@@ -171,11 +179,10 @@ class ProtocolState:
                 return [UsageRequested(msg)]
             if kind == "shutdown_request":
                 return self._client_shutdown(msg)
-            if kind == "debug_request":
-                content = {"status": "error", "ename": "DebuggerUnavailable",
-                           "evalue": "elastic-proxy does not offer the debugger: debugger sessions "
-                                     "would not survive a respawn of the kernel child."}
-                return self.reply_locally(msg, channel, "debug_reply", content)
+            if kind in UNOFFERED_REQUESTS:
+                ename, evalue = UNOFFERED_REQUESTS[kind]
+                content = {"status": "error", "ename": ename, "evalue": evalue, "traceback": []}
+                return self.reply_locally(msg, channel, kind[: -len("request")] + "reply", content)
         if kind == "comm_open":
             self.open_comms[msg.content.get("comm_id", "")] = msg.content.get("target_name", "")
         elif kind == "comm_close":

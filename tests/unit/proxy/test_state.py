@@ -302,11 +302,16 @@ def test_usage_request_is_left_to_the_edge():
     assert state.client_message(CONTROL, req) == [UsageRequested(req)]
 
 
-def test_debug_request_gets_a_clear_error():
+@pytest.mark.parametrize("kind, ename", [("debug_request", "DebuggerUnavailable"),
+                                          ("create_subshell_request", "SubshellsUnavailable"),
+                                          ("list_subshell_request", "SubshellsUnavailable")])
+def test_requests_of_unoffered_features_get_a_clear_error(kind, ename):
     state = ready_state()
-    actions = state.client_message(CONTROL, request("debug_request", {"command": "initialize"}))
-    reply = sends(actions, channel=CONTROL)[0]
-    assert reply.msg.msg_type == "debug_reply" and reply.msg.content["status"] == "error"
+    actions = state.client_message(CONTROL, request(kind, {}))
+    (reply,) = sends(actions, channel=CONTROL)
+    assert reply.to == "client"
+    assert reply.msg.msg_type == kind.replace("_request", "_reply")
+    assert reply.msg.content["status"] == "error" and reply.msg.content["ename"] == ename
 
 
 def test_shutdown_is_forwarded_and_the_childs_exit_ends_the_supervisor():
