@@ -4,9 +4,10 @@ The supervisor evaluates `summary(N, restore_now, pending)` as a user expression
 used up) once the new child answers. It learns whether the agent restored a checkpoint and from
 which cell, and which of the cells completed after the last checkpoint it knows of are safe to
 re-run. It passes the last execution count the user saw, so the child's numbering (and the
-agent's cell numbers in later checkpoints) match the user's. A warm spare is started with
-ELASTIC_PROXY_RESTORE=deferred and restores only when promoted, since the state to restore is
-only known once the child it replaces has died.
+agent's cell numbers in later checkpoints) match the user's. The supervisor starts every child
+with ELASTIC_PROXY_RESTORE=deferred, and the restore runs here, with `restore_now`: a warm spare's
+state is only known once the child it replaces has died, and any child must answer kernel_info
+while its restore waits for a dead kernel's checkpoint writer.
 """
 
 from __future__ import annotations

@@ -122,11 +122,11 @@ class SupervisorApp(JupyterApp):
     def _store_default(self) -> str:
         return os.environ.get("ELASTIC_PROXY_STORE", "")
 
-    def child_env(self, generation: int, skip_restore_reason: str | None = None, spare: bool = False) -> dict[str, str]:
+    def child_env(self, generation: int, skip_restore_reason: str | None = None) -> dict[str, str]:
         env = dict(os.environ)
         env["ELASTIC_PROXY_CHILD_GENERATION"] = str(generation)
-        restore = "deferred" if spare else "auto"
-        env["ELASTIC_PROXY_RESTORE"] = restore if self.restore and not skip_restore_reason else "off"
+        # The supervisor asks for the restore once the child answers (supervisor.ChildFactory says why).
+        env["ELASTIC_PROXY_RESTORE"] = "deferred" if self.restore and not skip_restore_reason else "off"
         if skip_restore_reason:
             env["ELASTIC_PROXY_RESTORE_SKIPPED"] = skip_restore_reason
         env["ELASTIC_PROXY_SESSION"] = self.session or self.default_session()
@@ -159,7 +159,7 @@ class SupervisorApp(JupyterApp):
             limit_bytes = parse_size(self.memory_limit)
         runtime_dir = make_runtime_dir()
 
-        def new_child(generation: int, skip_restore_reason: str | None, spare: bool) -> KernelChild:
+        def new_child(generation: int, skip_restore_reason: str | None) -> KernelChild:
             limit = None
             if self.memory_limit:
                 limit = MemoryLimit.create(limit_bytes, str(generation))
@@ -167,7 +167,7 @@ class SupervisorApp(JupyterApp):
                     self.log.warning("%s", limit.warning)
             return KernelChild(specs=specs, kernel_name=kernel_name, runtime_dir=runtime_dir,
                                extra_arguments=self.child_arguments,
-                               generation=generation, env=self.child_env(generation, skip_restore_reason, spare),
+                               generation=generation, env=self.child_env(generation, skip_restore_reason),
                                cwd=os.getcwd(),
                                memory_limit=limit)
 

@@ -46,9 +46,10 @@ PARENT_POLL_INTERVAL = 1.0
 SETTLE_QUIET = 0.05
 SETTLE_MAX = 0.5
 
-#: (generation, skip_restore_reason, spare) -> a child not yet started. A reason means: start it
-#: empty; a spare starts without restoring and restores when it is promoted.
-ChildFactory = Callable[[int, "str | None", bool], KernelChild]
+#: (generation, skip_restore_reason) -> a child not yet started. A reason means: start it empty.
+#: Every child starts without restoring, and restores when the supervisor asks, once it answers:
+#: so kernel_info is answered at once, even while a restore waits for a dead kernel's writer.
+ChildFactory = Callable[[int, "str | None"], KernelChild]
 
 
 def client_url(info: dict[str, Any], channel: str) -> str:
@@ -205,7 +206,7 @@ class Supervisor:
         if spare is not None:
             await spare.stop(grace=0.5)
             await spare.cleanup()
-        child = self.new_child(self.generation, self._skip_restore_reason, False)
+        child = self.new_child(self.generation, self._skip_restore_reason)
         self.generation += 1
         self.child = child
         try:
@@ -215,7 +216,7 @@ class Supervisor:
             await self._child_gone(child, f"The kernel child could not be started: {err}")
             return
         self.log.info("kernel child %d started (pid %d)", child.generation, child.pid)
-        await self._adopt(child, restore_on_ready=False)
+        await self._adopt(child, restore_on_ready=self.restore and not self._skip_restore_reason)
 
     async def _adopt(self, child: KernelChild, *, restore_on_ready: bool) -> None:
         self.child = child
@@ -230,7 +231,7 @@ class Supervisor:
         death costs the restore, not a process start."""
         self._spare_starting = True
         try:
-            spare = self.new_child(self.generation, None, True)
+            spare = self.new_child(self.generation, None)
             self.generation += 1
             await spare.start()
         except Exception as err:

@@ -4,7 +4,10 @@ reopen, the state is the state after the last completed cell, exactly, or the di
 from __future__ import annotations
 
 import os
+import queue
 import signal
+import subprocess
+import sys
 import threading
 import uuid
 from pathlib import Path
@@ -208,6 +211,64 @@ def test_the_client_never_waits_on_a_restoring_kernel_for_kernel_info(tmp_path, 
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+#: A checkpoint writer of the session that is still running (a dead kernel's, in real life): it holds the
+#: session's writer lock until it is terminated.
+HOLD_WRITER_LOCK = """
+import os, time
+from elastic_proxy.inner_agent.agent import session_name
+from elastic_proxy.inner_agent.writer_lock import hold_while_writing
+from elastic_proxy.store import open_store
+hold_while_writing(open_store(session_name(), os.environ.get("ELASTIC_PROXY_STORE") or None))
+print("holding", flush=True)
+time.sleep(300)
+"""
+
+
+def test_a_reopened_kernel_is_ready_while_its_restore_waits_for_a_writer(tmp_path, session_env):
+    """Reopening a notebook while the last kernel's checkpoint writer is still writing: the new kernel
+    answers kernel_info at once (jupyter_client and nbclient give up on a kernel after 60 s, and the
+    restore may wait minutes), and its first cell waits for the restore, which waits for the writer."""
+    env = {**os.environ, **session_env}
+    with elastic_kernel("elastic-recovery", env=session_env) as (_, kc):
+        run(kc, "x = 41")
+        expression(kc, WAIT_FOR_CHECKPOINT)
+    writer = subprocess.Popen([sys.executable, "-c", HOLD_WRITER_LOCK], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "holding\n"
+        km = KernelManager(kernel_name="elastic-recovery")
+        km.start_kernel(env=env)
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=30)
+            assert writer.poll() is None, "the writer ended before the kernel was ready: nothing was shown"
+            msg_id = kc.execute("print(x + 1)")
+
+            def reply_to_the_cell(timeout: float) -> dict:
+                while True:  # wait_for_ready may have left kernel_info replies in the queue
+                    reply = kc.get_shell_msg(timeout=timeout)
+                    if reply["parent_header"].get("msg_id") == msg_id:
+                        return reply
+
+            with pytest.raises(queue.Empty):  # the restore is still waiting for the writer
+                reply_to_the_cell(timeout=2)
+            writer.terminate()
+            reply = reply_to_the_cell(timeout=60)
+            assert reply["content"]["status"] == "ok", reply
+            printed = []
+            while not printed:
+                msg = kc.get_iopub_msg(timeout=10)
+                if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                    printed.append(msg["content"]["text"])
+            assert printed == ["42\n"]
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 def test_a_kill_right_after_a_big_cell_loses_no_completed_cell(tmp_path, session_env):
