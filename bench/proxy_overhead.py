@@ -11,15 +11,10 @@ that machine noise falls on all of them alike.
   once flushed after every line (--mb messages of 1 MiB, which the proxy can pipeline).
 The CPU time of the process Jupyter launched (ipykernel; or the supervisor, its child excluded)
 per round trip is shown too: unlike wall times it hardly moves when the machine is busy.
-Variants:
-- `direct`: the baseline, stock ipykernel as `ipykernel install` sets it up;
-- `child`: the kernel elastic-proxy runs as its child, started directly (ipykernel without its
-  shell-channel thread, see elastic_proxy/inner_agent/kernelapp.py); a proxy row minus this one is
-  the cost of the hop alone;
-- `zmq-device`: ipykernel behind libzmq's C forwarder, no Python per message: the floor that any
-  proxy process pays for the extra hop on this machine (bench/zmq_device_kernel.py);
-- `proxy`: the supervisor with --no-agent, the proxy alone;
-- `proxy+agent`: the installed python3-elastic spec as users get it.
+Variants: `direct` (the baseline), `zmq-device` (ipykernel behind libzmq's C forwarder, no Python
+per message: the floor that any proxy process pays for the extra hop on this machine, see
+bench/zmq_device_kernel.py), `proxy` (supervisor with --no-agent: the proxy alone) and
+`proxy+agent` (the installed python3-elastic spec as users get it).
 Targets: p50 <= direct + 1 ms; throughput >= 0.8x direct.
 
 Usage: python bench/proxy_overhead.py [--runs 300] [--warmup 30] [--mb 50] [--repeat 5]
@@ -51,12 +46,10 @@ from elastic_proxy.testing_env import private_jupyter
 MiB = 1 << 20
 DIRECT_SPEC = "bench-direct-ipykernel"
 DEVICE_SPEC = "bench-zmq-device"
-CHILD_SPEC = "bench-elastic-child"
 ELASTIC_SPEC = "python3-elastic"
 #: name -> (kernelspec, extra arguments appended to its argv by KernelManager)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "direct": (DIRECT_SPEC, []),
-    "child": (CHILD_SPEC, []),
     "zmq-device": (DEVICE_SPEC, []),
     "proxy": (ELASTIC_SPEC, ["--no-agent"]),
     "proxy+agent": (ELASTIC_SPEC, []),
@@ -66,22 +59,17 @@ TIMEOUT = 120.0
 
 @contextmanager
 def isolated_jupyter() -> Iterator[str]:
-    """Private Jupyter dirs and store with the bench's specs installed; yields the root (removed after)."""
+    """Private Jupyter dirs and store with the three specs installed; yields the root (removed after)."""
     with tempfile.TemporaryDirectory(prefix="elastic-bench-") as root, private_jupyter(Path(root)):
         prefix = os.path.join(root, "prefix")
         subprocess.run([sys.executable, "-m", "ipykernel", "install", "--prefix", prefix, "--name", DIRECT_SPEC],
                        check=True, capture_output=True)
-        specs = {
-            DEVICE_SPEC: ([os.path.join(os.path.dirname(__file__), "zmq_device_kernel.py")],
-                          "ipykernel behind zmq.proxy"),
-            CHILD_SPEC: (["-m", "elastic_proxy.inner_agent.kernelapp", "-f"], "elastic-proxy's child kernel, direct"),
-        }
-        for name, (args, display_name) in specs.items():
-            spec_dir = os.path.join(prefix, "share", "jupyter", "kernels", name)
-            os.makedirs(spec_dir)
-            with open(os.path.join(spec_dir, "kernel.json"), "w") as f:
-                json.dump({"argv": [sys.executable, *args, "{connection_file}"], "display_name": display_name,
-                           "language": "python"}, f)
+        device = os.path.join(prefix, "share", "jupyter", "kernels", DEVICE_SPEC)
+        os.makedirs(device)
+        with open(os.path.join(device, "kernel.json"), "w") as f:
+            json.dump({"argv": [sys.executable, os.path.join(os.path.dirname(__file__), "zmq_device_kernel.py"),
+                                "{connection_file}"], "display_name": "ipykernel behind zmq.proxy",
+                       "language": "python"}, f)
         yield root
 
 
@@ -195,17 +183,15 @@ def measure(running: dict[str, tuple[KernelManager, BlockingKernelClient]], runs
 
 def latency_table(samples: dict[str, Samples]) -> list[str]:
     base = samples["direct"].p(50)
-    child = samples["child"].p(50) if "child" in samples else None
     rows = ["| kernel | round trip p50 (ms) | p99 (ms) | p50 vs direct | p50 <= direct + 1 ms "
-            "| p50 vs child (the hop alone) | CPU per round trip of the launched process (ms) |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+            "| CPU per round trip of the launched process (ms) |",
+            "| --- | --- | --- | --- | --- | --- |"]
     for name, s in samples.items():
         delta = s.p(50) - base
         shown, met = ("baseline", "-") if name == "direct" else (f"{delta:+.2f} ms", _yes(delta <= 1.0))
-        hop = f"{s.p(50) - child:+.2f} ms" if child is not None and name.startswith("proxy") else "-"
         cpu = s.launched_cpu / len(s.round_trips) * 1000
-        who = {"direct": "ipykernel", "child": "ipykernel", "zmq-device": "forwarder only"}.get(name, "supervisor only")
-        rows.append(f"| {name} | {s.p(50):.2f} | {s.p(99):.2f} | {shown} | {met} | {hop} | {cpu:.2f} ({who}) |")
+        who = {"direct": "ipykernel", "zmq-device": "forwarder only"}.get(name, "supervisor only")
+        rows.append(f"| {name} | {s.p(50):.2f} | {s.p(99):.2f} | {shown} | {met} | {cpu:.2f} ({who}) |")
     return rows
 
 

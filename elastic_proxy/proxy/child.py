@@ -36,7 +36,7 @@ class ChildSpecs(KernelSpecManager):
 
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
         if kernel_name == OWN_IPYKERNEL:
-            argv = [sys.executable, "-m", "elastic_proxy.inner_agent.kernelapp", "-f", "{connection_file}"]
+            argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
             if self.agent_extension:
                 argv.append(f"--IPKernelApp.extensions={self.agent_extension}")
             return KernelSpec(argv=argv, display_name="Python 3 (elastic child)", language="python",

@@ -173,8 +173,8 @@ class ProtocolState:
             if kind == "interrupt_request" and (self.child_interrupt_mode != "message"
                                                 or self.phase is not Phase.READY):
                 # A child still starting has no cell to interrupt, and SIGINT could kill it.
-                signal = [Interrupt()] if self.phase is Phase.READY else []
-                return [*signal, *self.reply_locally(msg, channel, "interrupt_reply", {"status": "ok"})]
+                stop = [Interrupt()] if self.phase is Phase.READY else self._interrupt_waiting_cell()
+                return [*stop, *self.reply_locally(msg, channel, "interrupt_reply", {"status": "ok"})]
             if kind == "usage_request":
                 return [UsageRequested(msg)]
             if kind == "shutdown_request":
@@ -519,20 +519,42 @@ class ProtocolState:
         return actions
 
     def _answer_killed(self, request: Request, cause: str) -> list[Action]:
-        msg = request.msg
-        actions: list[Action] = []
-        if not request.replied:
-            error = {"ename": "KernelDied", "evalue": cause, "traceback": [_red(f"KernelDied: {cause}")]}
-            if msg.msg_type == "execute_request":
-                actions.append(self._new(IOPUB, "error", error, parent=msg))
-            reply_type = msg.msg_type.rsplit("_", 1)[0] + "_reply"
-            content = {"status": "error", **error}
-            if msg.msg_type == "execute_request":
-                content["execution_count"] = self.execution_count
-            actions.append(self._new(request.channel, reply_type, content, parent=msg,
-                                     idents=msg.idents, metadata={"status": "error"}))
+        actions = [] if request.replied else self._failed(request.channel, request.msg, "KernelDied", cause)
         if not request.idle:
-            actions.append(self._status("idle", msg))
+            actions.append(self._status("idle", request.msg))
+        return actions
+
+    def _interrupt_waiting_cell(self) -> list[Action]:
+        """An interrupt while no child runs cells (starting, restoring, respawning) stops the first cell
+        waiting for one: it ends with KeyboardInterrupt, unrun, as an interrupt at its start would end it
+        in any kernel, and with stop_on_error the cells queued behind it are aborted, as after any error.
+        (Dropped, the interrupt would leave that cell to run later, and a cell blocked in input() for ever.)
+        """
+        waiting = [item for item in self.queued if item[1].msg_type == "execute_request"]
+        if not waiting:
+            return []
+        channel, msg = waiting[0]
+        cause = "the cell was interrupted before it started, while the kernel was starting or restoring"
+        aborted = waiting[1:] if msg.content.get("stop_on_error", True) else []
+        dropped = {id(item[1]) for item in [waiting[0], *aborted]}
+        self.queued = deque(item for item in self.queued if id(item[1]) not in dropped)
+        actions = [self._status("busy", msg), *self._failed(channel, msg, "KeyboardInterrupt", cause),
+                   self._status("idle", msg)]
+        for channel, msg in aborted:
+            actions.extend(self._abort(channel, msg, cause))
+        return actions
+
+    def _failed(self, channel: str, msg: WireMessage, ename: str, cause: str) -> list[Action]:
+        """The error a request ends with when the supervisor ends it: an error output (for a cell), the reply."""
+        error = {"ename": ename, "evalue": cause, "traceback": [_red(f"{ename}: {cause}")]}
+        actions: list[Action] = []
+        content = {"status": "error", **error}
+        if msg.msg_type == "execute_request":
+            actions.append(self._new(IOPUB, "error", error, parent=msg))
+            content["execution_count"] = self.execution_count
+        reply_type = msg.msg_type.rsplit("_", 1)[0] + "_reply"
+        actions.append(self._new(channel, reply_type, content, parent=msg, idents=msg.idents,
+                                 metadata={"status": "error"}))
         return actions
 
     def _abort(self, channel: str, msg: WireMessage, cause: str) -> list[Action]:

@@ -53,10 +53,9 @@ EXPECTED_FAILURES: dict[str, Expected] = {
     ),
     "test_message_spec::test_subshell": Expected(
         evidence="'ename': 'SubshellsUnavailable'",
-        reason="The same choice: create_subshell_request gets an error reply from the supervisor. Its child "
-               "runs ipykernel without the shell-channel thread that serves subshells (0.9 ms faster per "
-               "request, elastic_proxy/inner_agent/kernelapp.py); the test asks for a subshell without "
-               "checking supported_features.",
+        reason="The same choice: create_subshell_request gets an error reply from the supervisor, since a "
+               "subshell would die with the child. The test asks for a subshell without checking "
+               "supported_features.",
         since="7.0",
     ),
     "test_kernel::test_parent_header_and_ident": Expected(

@@ -229,7 +229,8 @@ time.sleep(300)
 def test_a_reopened_kernel_is_ready_while_its_restore_waits_for_a_writer(tmp_path, session_env):
     """Reopening a notebook while the last kernel's checkpoint writer is still writing: the new kernel
     answers kernel_info at once (jupyter_client and nbclient give up on a kernel after 60 s, and the
-    restore may wait minutes), and its first cell waits for the restore, which waits for the writer."""
+    restore may wait minutes), and its first cell waits for the restore, which waits for the writer. An
+    interrupt meanwhile stops the waiting cell, unrun."""
     env = {**os.environ, **session_env}
     with elastic_kernel("elastic-recovery", env=session_env) as (_, kc):
         run(kc, "x = 41")
@@ -244,18 +245,22 @@ def test_a_reopened_kernel_is_ready_while_its_restore_waits_for_a_writer(tmp_pat
         try:
             kc.wait_for_ready(timeout=30)
             assert writer.poll() is None, "the writer ended before the kernel was ready: nothing was shown"
-            msg_id = kc.execute("print(x + 1)")
 
-            def reply_to_the_cell(timeout: float) -> dict:
+            def reply_to(msg_id: str, timeout: float) -> dict:
                 while True:  # wait_for_ready may have left kernel_info replies in the queue
                     reply = kc.get_shell_msg(timeout=timeout)
                     if reply["parent_header"].get("msg_id") == msg_id:
                         return reply
 
+            # An interrupt meanwhile stops the waiting cell (it would otherwise run, and wait in input()).
+            interrupted = kc.execute("input()")
+            km.interrupt_kernel()
+            assert reply_to(interrupted, timeout=10)["content"]["ename"] == "KeyboardInterrupt"
+            msg_id = kc.execute("print(x + 1)")
             with pytest.raises(queue.Empty):  # the restore is still waiting for the writer
-                reply_to_the_cell(timeout=2)
+                reply_to(msg_id, timeout=2)
             writer.terminate()
-            reply = reply_to_the_cell(timeout=60)
+            reply = reply_to(msg_id, timeout=60)
             assert reply["content"]["status"] == "ok", reply
             printed = []
             while not printed:

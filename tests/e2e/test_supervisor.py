@@ -219,23 +219,6 @@ def test_interrupt_reaches_the_child(kernel):
     assert run(kc, "1")[0]["status"] == "ok"
 
 
-def test_the_child_reads_its_shell_on_one_thread_and_runs_await_cells(kernel):
-    """The default child has no ipykernel 7 shell-channel thread (inner_agent/kernelapp.py); a
-    top-level `await` cell, the one path ipykernel reads that thread on anyway, runs and can be
-    interrupted. (ipykernel 7.4 itself delivers that interrupt only once the awaited call returns,
-    as a CancelledError; so does a stock ipykernel.)"""
-    km, kc = kernel
-    reply, outputs = run(kc, "import threading; print(sorted(t.name for t in threading.enumerate()))")
-    assert reply["status"] == "ok"
-    assert "Shell channel" not in stdout_of(outputs) and "MainThread" in stdout_of(outputs)
-    reply, outputs = run(kc, "import asyncio\nawait asyncio.sleep(0.01)\nprint('awaited')")
-    assert reply["status"] == "ok" and stdout_of(outputs) == "awaited\n"
-    threading.Timer(1.0, km.interrupt_kernel).start()
-    reply, _ = run(kc, "await asyncio.sleep(3)")
-    assert reply["status"] == "error" and reply["ename"] in ("CancelledError", "KeyboardInterrupt")
-    assert run(kc, "1")[0]["status"] == "ok"
-
-
 def test_shutdown_leaves_no_orphans():
     with elastic_kernel() as (km, kc):
         supervisor = supervisor_process(km)

@@ -373,6 +373,26 @@ def test_interrupt_while_the_child_is_down_is_answered_without_a_signal():
     assert types(actions) == [(IOPUB, "status"), (CONTROL, "interrupt_reply"), (IOPUB, "status")]
 
 
+@pytest.mark.parametrize("stop_on_error", [True, False])
+def test_an_interrupt_while_the_child_is_down_stops_the_first_waiting_cell(stop_on_error):
+    state = ready_state(child_interrupt_mode="signal")
+    state.child_died("killed", respawn=True)
+    first = request("execute_request", {"code": "input()", "stop_on_error": stop_on_error})
+    second = request("execute_request", {"code": "2"})
+    completion = request("complete_request", {"code": "pri", "cursor_pos": 3})
+    for msg in (first, completion, second):
+        assert state.client_message(SHELL, msg) == []
+    actions = state.client_message(CONTROL, request("interrupt_request"))
+    assert not [a for a in actions if isinstance(a, Interrupt)]
+    ended = [a for a in sends(actions) if parent_of(a) == first.msg_id]
+    assert types(ended) == [(IOPUB, "status"), (IOPUB, "error"), (SHELL, "execute_reply"), (IOPUB, "status")]
+    reply = ended[2].msg.content
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt" and ended[2].msg.idents == CLIENT
+    aborted = [a.msg.content["status"] for a in sends(actions, channel=SHELL) if parent_of(a) == second.msg_id]
+    assert aborted == (["aborted"] if stop_on_error else [])
+    assert [m for _, m in state.queued] == ([completion] if stop_on_error else [completion, second])
+
+
 def complete(state: ProtocolState, code: str, count: int) -> WireMessage:
     req = run_started(state, code)
     state.child_message(SHELL, from_child("execute_reply", {"status": "ok", "execution_count": count}, req))
