@@ -25,7 +25,7 @@ IOPUB = "iopub"
 
 #: Features a respawned child cannot honour: subshell ids and debugger sessions die with it.
 STRIPPED_FEATURES = frozenset({"kernel subshells", "debugger"})
-#: Control requests of the features in STRIPPED_FEATURES, answered with an error: (ename, what).
+#: Control requests of the features in STRIPPED_FEATURES, answered with an error: (ename, evalue).
 UNOFFERED_REQUESTS = {
     "debug_request": ("DebuggerUnavailable", "elastic-proxy does not offer the debugger: debugger sessions "
                                              "would not survive a respawn of the kernel child."),
