@@ -381,6 +381,9 @@ class _Resolver(ast.NodeVisitor):
         self.scope: _Scope = next(iter(scopes.values()))
         self.deferred = 0  # > 0 inside function and lambda bodies: run later, maybe never
         self.bound: set[str] = set()  # module names certainly bound so far by this cell
+        # Generators certainly seeded so far by this cell (outside function bodies): a draw after
+        # the seed gives the same values on a re-run.
+        self.seeded: set[str] = set()
         self.aliases: dict[str, str] = dict(_CONVENTIONAL_ALIASES)
         self.only_magic_shell_use = True
 
@@ -666,19 +669,19 @@ class _Resolver(ast.NodeVisitor):
             elif leaf == "Random":
                 reason = None if has_args else "random.Random() without a seed"
             elif leaf not in _RANDOM_PURE:
-                reason = f"random.{leaf}()"
+                reason = self._draw("random", f"random.{leaf}()")
         elif module in ("numpy.random", "numpy.random.mtrand"):
             if leaf == "seed":
                 reason = self._seed("numpy.random", has_args)
             elif leaf in _NUMPY_RANDOM_CTORS:
                 reason = None if has_args else f"numpy.random.{leaf}() without a seed"
             elif leaf not in _NUMPY_RANDOM_PURE:
-                reason = f"numpy.random.{leaf}()"
+                reason = self._draw("numpy.random", f"numpy.random.{leaf}()")
         elif module == "torch":
             if leaf == "manual_seed":
-                self.result.seeds.add("torch")
+                reason = self._seed("torch", has_args)
             elif leaf in _TORCH_RANDOM:
-                reason = f"torch.{leaf}()"
+                reason = self._draw("torch", f"torch.{leaf}()")
         elif name in _CLOCK_CALLS or name in _OTHER_NONDETERMINISTIC or module == "secrets":
             reason = f"{name}()"
         elif name == "hash":
@@ -689,8 +692,14 @@ class _Resolver(ast.NodeVisitor):
     def _seed(self, generator: str, has_args: bool) -> str | None:
         if has_args:
             self.result.seeds.add(generator)
+            if not self.deferred:
+                self.seeded.add(generator)
             return None
         return f"{generator}.seed() without a value"
+
+    def _draw(self, generator: str, reason: str) -> str | None:
+        """A draw from a global generator: nondeterministic unless this cell seeded it before."""
+        return None if generator in self.seeded and not self.deferred else reason
 
     # -- magics --------------------------------------------------------------------------------
 

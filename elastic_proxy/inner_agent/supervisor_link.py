@@ -80,7 +80,7 @@ def unsafe_to_rerun(code: str, shell: Any = None) -> str | None:
 
     python = shell.transform_cell(code) if shell is not None else code
     names = cell_names(python)
-    if names.nondeterministic and not names.seeds:
+    if names.nondeterministic:
         return f"it is nondeterministic ({names.nondeterministic[0]}): a re-run would give other values"
     return _writes_files(python)
 

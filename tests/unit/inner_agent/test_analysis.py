@@ -375,10 +375,19 @@ def test_seeded_generators_are_not_nondeterministic():
     assert result.seeds == {"random", "numpy.random"}
 
 
-def test_seed_and_draw_in_one_cell():
-    result = names("random.seed(1)\nx = random.random()\n")
-    assert "random" in result.seeds
-    assert result.nondeterministic == ["random.random()"]
+@pytest.mark.parametrize("cell, reasons", [
+    ("random.seed(1)\nx = random.random()\n", []),
+    ("np.random.seed(0)\na = np.random.rand(5)\n", []),
+    ("torch.manual_seed(0)\nt = torch.rand(3)\n", []),
+    # a draw before the seed, from another generator, or in a function that may run before it, is not reproduced
+    ("x = random.random()\nrandom.seed(1)\n", ["random.random()"]),
+    ("random.seed(1)\na = np.random.rand(5)\n", ["numpy.random.rand()"]),
+    ("def f():\n    return random.random()\nrandom.seed(1)\nx = f()\n", ["random.random()"]),
+    ("def reset():\n    random.seed(1)\nx = random.random()\n", ["random.random()"]),
+])
+def test_a_draw_after_the_cells_own_seed_is_reproducible(cell, reasons):
+    result = names("import random\nimport numpy as np\nimport torch\n" + cell)
+    assert result.nondeterministic == reasons
 
 
 # -- match statements (3.10+) ----------------------------------------------------------------------

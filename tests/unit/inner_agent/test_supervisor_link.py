@@ -21,6 +21,7 @@ def test_safe_cells(code):
 @pytest.mark.parametrize("code, reason", [
     ("import numpy as np\na = np.random.rand(3)", "nondeterministic"),
     ("import random\nr = random.random()", "nondeterministic"),
+    ("import random, numpy as np\nrandom.seed(0)\na = np.random.rand(3)", "nondeterministic"),
     ("log = open('out.txt', 'w')", "opens a file for writing"),
     ("log = open('out.txt', mode='a')", "opens a file for writing"),
     ("f = open(name, mode)", "mode computed at run time"),
