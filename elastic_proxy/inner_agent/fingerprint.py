@@ -398,6 +398,9 @@ class _Walker:
             return "_numpy_scalar"
         if pandas is not None and isinstance(obj, (pandas.DataFrame, pandas.Series, pandas.Index)):
             return "_pandas"
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(obj, torch.Tensor):
+            return "_tensor"
         if isinstance(obj, process_object_types()):
             return "_opaque"
         for kinds, name in _HANDLERS_BY_BASE:
@@ -581,6 +584,23 @@ class _Walker:
         labels.append(obj.index.names if not isinstance(obj, pandas.Index) else obj.names)
         labels.append(dict(obj.attrs) if hasattr(obj, "attrs") else None)
         self._push_all(labels)
+
+    def _tensor(self, tensor: Any) -> None:
+        """torch tensors: dtype, shape, requires_grad and the bytes of their data, then the gradient
+        and a subclass's own state (a Parameter's). Their pickled form, a torch.save archive, names
+        storages by keys local to the process, so the generic walk differed in a new process.
+        Layouts other than dense (sparse, quantized, nested, meta) go the generic way."""
+        torch = sys.modules["torch"]
+        if (tensor.layout is not torch.strided or tensor.is_quantized or tensor.is_nested
+                or tensor.device.type == "meta"):
+            self._reduced(tensor)
+            return
+        data = tensor.detach().to("cpu").contiguous().reshape(-1)
+        self._header(b"T", type(tensor))
+        self._emit(f"{data.dtype}|{tuple(tensor.shape)}|{tensor.requires_grad}".encode())
+        self._emit_large(data.view(torch.uint8).numpy())
+        grad = tensor.grad if tensor.is_leaf else None  # .grad of a non-leaf warns, and is always None
+        self._push_all([grad, None if type(tensor) is torch.Tensor else self._instance_state(tensor)])
 
     # -- code ------------------------------------------------------------------------------------
 

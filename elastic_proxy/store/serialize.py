@@ -8,7 +8,7 @@ itself (in band), so a group that needs dill is one stream, rewritten whole when
 
 A numpy view of an array that is itself in the group is pickled as a view (its base, offset,
 shape and strides), not as a copy of its elements: after a restore, writing through `b = a[2:5]`
-must still change `a`, as it did before the crash.
+must still change `a`, as it did before the crash. torch tensors keep their gradients.
 """
 
 from __future__ import annotations
@@ -38,6 +38,20 @@ def view_of(base: Any, offset: int, shape: tuple[int, ...], strides: tuple[int, 
     return np.ndarray(shape, dtype, buffer=base, offset=offset, strides=strides)
 
 
+def with_grad(tensor: Any, grad: Any) -> Any:
+    """Give an unpickled torch tensor back its gradient; named by pickles, so keep its name."""
+    tensor.grad = grad
+    return tensor
+
+
+def _without_grad(tensor: Any, torch: Any) -> Any:
+    """The same data as a new tensor of the same kind, whose pickle torch writes without the gradient."""
+    bare = tensor.detach()
+    if type(tensor) is torch.nn.Parameter:
+        return torch.nn.Parameter(bare, requires_grad=tensor.requires_grad)
+    return bare.requires_grad_(tensor.requires_grad)
+
+
 def _root(array: Any) -> Any:
     while getattr(array, "base", None) is not None:
         array = array.base
@@ -63,7 +77,9 @@ def _shared_bases(objs: Mapping[str, Any]) -> dict[int, Any]:
 
 
 class _ViewKeepingPickler(cloudpickle.Pickler):
-    """cloudpickle, except that a view of an array in the group is reduced to a view of it."""
+    """cloudpickle, except that a view of an array in the group is reduced to a view of it, and a
+    torch tensor keeps its gradient (torch pickles a Parameter without `.grad`: a model restored
+    after `loss.backward()` would have none)."""
 
     def __init__(self, file: Any, bases: dict[int, Any], **kwargs: Any) -> None:
         super().__init__(file, **kwargs)
@@ -75,6 +91,10 @@ class _ViewKeepingPickler(cloudpickle.Pickler):
             if id(base) in self._bases and type(obj) is type(base):
                 offset = obj.__array_interface__["data"][0] - base.__array_interface__["data"][0]
                 return view_of, (base, offset, obj.shape, obj.strides, obj.dtype)
+        torch = sys.modules.get("torch")
+        if (torch is not None and type(obj) in (torch.Tensor, torch.nn.Parameter) and obj.is_leaf
+                and obj.grad is not None):
+            return with_grad, (_without_grad(obj, torch), obj.grad)
         return super().reducer_override(obj)
 
 

@@ -528,3 +528,44 @@ def test_a_notebook_class_fingerprints_the_same_after_cloudpickle_in_another_pro
     dumped = subprocess.run([sys.executable, str(script), "dump"], capture_output=True, check=True).stdout
     loaded = subprocess.run([sys.executable, str(script), "load"], input=dumped, capture_output=True, check=True)
     assert loaded.stdout.decode().split() == ["True", "False"], loaded
+
+
+# -- torch ------------------------------------------------------------------------------------------
+
+_TORCH_VALUES = """
+import sys
+sys.path.insert(0, {root!r})
+import torch
+from elastic_proxy.inner_agent.fingerprint import inspect
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+opt = torch.optim.Adam(net.parameters(), lr=0.01)
+net(torch.randn(5, 3)).sum().backward()
+opt.step()
+for name, value in [("tensor", torch.randn(3, 4)), ("half", torch.ones(2, dtype=torch.bfloat16)),
+                    ("scalar", torch.tensor(3.0)), ("module", net), ("optimizer", opt)]:
+    print(name, inspect(value))
+"""
+
+
+def test_torch_values_have_the_same_fingerprint_in_another_process():
+    """A torch.save archive names storages by process-local keys: pickled, equal tensors differed."""
+    pytest.importorskip("torch", reason="torch is installed by `make coverage-table`, not by `make test`")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    outputs = [subprocess.run([sys.executable, "-c", _TORCH_VALUES.format(root=root)], capture_output=True,
+                              text=True, timeout=120, check=True).stdout for _ in range(2)]
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0].splitlines()) == 5 and "opaque=True" not in outputs[0]
+
+
+def test_a_tensor_edit_or_gradient_changes_the_fingerprint():
+    torch = pytest.importorskip("torch", reason="torch is installed by `make coverage-table`, not by `make test`")
+    weight = torch.nn.Parameter(torch.zeros(4, 3))
+    before = fingerprint(weight)
+    assert fingerprint(weight.detach().clone()) != before  # a Parameter is not a plain tensor
+    (weight * 2).sum().backward()
+    with_grad = fingerprint(weight)
+    assert with_grad != before
+    with torch.no_grad():
+        weight[1, 2] = 1.0
+    assert fingerprint(weight) not in (before, with_grad)

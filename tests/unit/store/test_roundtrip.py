@@ -33,6 +33,25 @@ def test_views_come_back_as_views_of_the_same_memory(store):
     assert loaded["lone"].nbytes == 24 and (loaded["lone"].base is None or loaded["lone"].base.nbytes < 1000)
 
 
+def test_a_torch_model_and_its_optimizer_come_back_with_gradients_and_shared_parameters(store):
+    """torch pickles a Parameter without `.grad`: restored after `loss.backward()`, a model would have none."""
+    torch = pytest.importorskip("torch", reason="torch is installed by `make coverage-table`, not by `make test`")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.ones(2, 3)).pow(2).sum().backward()
+    opt.step()
+    plain = torch.ones(2, requires_grad=True)
+    (plain * 3).sum().backward()
+    commit_groups(store, {"g": {"model": model, "opt": opt, "plain": plain}})
+    loaded = load_all(store)
+    for before, after in zip(model.parameters(), loaded["model"].parameters()):
+        assert type(after) is torch.nn.Parameter and after.requires_grad
+        assert torch.equal(after, before) and torch.equal(after.grad, before.grad)
+    assert loaded["opt"].param_groups[0]["params"][0] is loaded["model"].weight
+    assert torch.equal(loaded["plain"].grad, torch.full((2,), 3.0)) and loaded["plain"].requires_grad
+
+
 def test_several_groups_round_trip_with_arrays_and_sharing(store):
     rng = np.random.default_rng(1)
     big = rng.standard_normal(600_000)  # 4.8 MB: several chunks
