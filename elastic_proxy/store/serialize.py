@@ -84,6 +84,7 @@ class _ViewKeepingPickler(cloudpickle.Pickler):
     def __init__(self, file: Any, bases: dict[int, Any], **kwargs: Any) -> None:
         super().__init__(file, **kwargs)
         self._bases = bases
+        self._torch = sys.modules.get("torch")  # looked up once: reducer_override runs for every object
 
     def reducer_override(self, obj: Any) -> Any:
         if self._bases and type(obj).__name__ == "ndarray" and getattr(obj, "base", None) is not None:
@@ -91,7 +92,7 @@ class _ViewKeepingPickler(cloudpickle.Pickler):
             if id(base) in self._bases and type(obj) is type(base):
                 offset = obj.__array_interface__["data"][0] - base.__array_interface__["data"][0]
                 return view_of, (base, offset, obj.shape, obj.strides, obj.dtype)
-        torch = sys.modules.get("torch")
+        torch = self._torch
         if (torch is not None and type(obj) in (torch.Tensor, torch.nn.Parameter) and obj.is_leaf
                 and obj.grad is not None):
             return with_grad, (_without_grad(obj, torch), obj.grad)
