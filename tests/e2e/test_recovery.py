@@ -40,15 +40,19 @@ WAIT_FOR_CHECKPOINT = (
 )
 
 
+def reply_to(kc, msg_id: str, timeout: float = 60) -> dict:
+    """The shell reply to `msg_id`, skipping others (wait_for_ready may leave kernel_info replies)."""
+    while True:
+        reply = kc.get_shell_msg(timeout=timeout)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply
+
+
 def expression(kc, expr: str) -> str:
     """Evaluate `expr` in the kernel without using up a cell (a user expression)."""
-    msg_id = kc.execute("", silent=True, user_expressions={"v": expr})
-    while True:
-        reply = kc.get_shell_msg(timeout=60)
-        if reply["parent_header"].get("msg_id") == msg_id:
-            value = reply["content"]["user_expressions"]["v"]
-            assert value["status"] == "ok", value
-            return value["data"]["text/plain"]
+    value = reply_to(kc, kc.execute("", silent=True, user_expressions={"v": expr}))["content"]["user_expressions"]["v"]
+    assert value["status"] == "ok", value
+    return value["data"]["text/plain"]
 
 
 def build_state(kc, log_path: Path) -> str:
@@ -246,21 +250,15 @@ def test_a_reopened_kernel_is_ready_while_its_restore_waits_for_a_writer(tmp_pat
             kc.wait_for_ready(timeout=30)
             assert writer.poll() is None, "the writer ended before the kernel was ready: nothing was shown"
 
-            def reply_to(msg_id: str, timeout: float) -> dict:
-                while True:  # wait_for_ready may have left kernel_info replies in the queue
-                    reply = kc.get_shell_msg(timeout=timeout)
-                    if reply["parent_header"].get("msg_id") == msg_id:
-                        return reply
-
             # An interrupt meanwhile stops the waiting cell (it would otherwise run, and wait in input()).
             interrupted = kc.execute("input()")
             km.interrupt_kernel()
-            assert reply_to(interrupted, timeout=10)["content"]["ename"] == "KeyboardInterrupt"
+            assert reply_to(kc, interrupted, timeout=10)["content"]["ename"] == "KeyboardInterrupt"
             msg_id = kc.execute("print(x + 1)")
             with pytest.raises(queue.Empty):  # the restore is still waiting for the writer
-                reply_to(msg_id, timeout=2)
+                reply_to(kc, msg_id, timeout=2)
             writer.terminate()
-            reply = reply_to(msg_id, timeout=60)
+            reply = reply_to(kc, msg_id, timeout=60)
             assert reply["content"]["status"] == "ok", reply
             printed = []
             while not printed:
