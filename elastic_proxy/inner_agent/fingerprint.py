@@ -10,6 +10,7 @@ hash() of str), so equal values give equal digests in a new process, as a restor
 from __future__ import annotations
 
 import array
+import contextlib
 import copyreg
 import functools
 import io
@@ -19,7 +20,9 @@ import pickle
 import struct
 import sys
 import types
+import warnings
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,11 +30,15 @@ import xxhash
 
 from .process_objects import process_object_types
 
-__all__ = ["Fingerprint", "Tracker", "fingerprint", "inspect"]
+__all__ = ["Fingerprint", "Tracker", "at_one_moment", "fingerprint", "inspect"]
 
 _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: defined in Python (or by an extension via PyType_FromSpec)
 _FAST_PATH_MIN = 32  # containers at least this long are first tried as plain data
 _FLUSH_AT = 1 << 16
+#: matplotlib figures are rendered this small for their fingerprint: enough to see a change.
+FIGURE_DPI = 40
+#: ... unless they draw more data points than this: then their data alone (drawing would cost seconds).
+FIGURE_PIXELS_UP_TO_POINTS = 200_000
 _NOTEBOOK_MODULE = "__main__"
 _MISSING = object()
 _pack_q = struct.Struct("<q").pack
@@ -50,6 +57,25 @@ class Fingerprint:
 
     def hex(self) -> str:
         return self.digest.hex()
+
+
+_renders: dict[int, tuple[Any, bytes]] | None = None
+"""Pixels by figure id, while `at_one_moment` holds (the figure is kept, so its id stays its own)."""
+
+
+@contextlib.contextmanager
+def at_one_moment() -> Iterator[None]:
+    """Fingerprints taken inside see one state: no user code runs between them (the agent's own
+    passes over the namespace). A figure that several names reach (`fig`, `ax`) is drawn once."""
+    global _renders
+    if _renders is not None:
+        yield
+        return
+    _renders = {}
+    try:
+        yield
+    finally:
+        _renders = None
 
 
 def inspect(obj: Any) -> Fingerprint:
@@ -131,8 +157,11 @@ def _flat_bytes(arr: Any, numpy: Any) -> Any:
 
 
 def _array_layout(arr: Any) -> bytes:
+    """dtype, shape and strides (C and Fortran order are fed differently); an empty array's
+    strides are arbitrary, and differ once pickled, so they are left out."""
     dtype = arr.dtype
-    return f"{dtype.str}|{dtype.descr if dtype.fields else ''}|{arr.shape}|{arr.strides}".encode()
+    strides = arr.strides if arr.size else ()
+    return f"{dtype.str}|{dtype.descr if dtype.fields else ''}|{arr.shape}|{strides}".encode()
 
 
 class _PlainDataPickler(pickle.Pickler):
@@ -167,6 +196,48 @@ class _PlainDataPickler(pickle.Pickler):
         if path is None:
             raise _NotPlainData
         return _value, (b"o", path), state
+
+
+def _root_figure(artist: Any) -> Any:
+    """The top-level Figure an artist is drawn in (through subfigures), or None."""
+    figure_class = sys.modules["matplotlib.figure"].Figure
+    node = artist
+    for _ in range(64):
+        if node is None or isinstance(node, figure_class):
+            return node
+        node = getattr(node, "figure", None)
+    return None
+
+
+def _artist_data(artist: Any) -> list[Any]:
+    """The arrays an artist draws: a line's points, a collection's offsets, an image's or a
+    colour-mapped collection's values (a masked array as its data and its mask: its other
+    attributes are bookkeeping that pickling does not keep)."""
+    masked = sys.modules["numpy.ma"]
+    data = []
+    for getter in ("get_xydata", "get_offsets", "get_array"):
+        method = getattr(artist, getter, None)
+        value = method() if method is not None else None
+        if isinstance(value, masked.MaskedArray):
+            data += [masked.getdata(value), masked.getmaskarray(value)]
+        elif value is not None:
+            data.append(value)
+    return data
+
+
+def _render(figure: Any) -> bytes:
+    """RGBA pixels at FIGURE_DPI, whatever the session's savefig settings. Quietly: a layout
+    warning would land in the user's cell."""
+    import matplotlib
+
+    out = io.BytesIO()
+    with warnings.catch_warnings(), matplotlib.rc_context({
+        "savefig.bbox": "standard", "savefig.transparent": False, "savefig.facecolor": "auto",
+        "savefig.edgecolor": "auto",
+    }):
+        warnings.simplefilter("ignore")
+        figure.savefig(out, format="rgba", dpi=FIGURE_DPI)
+    return out.getvalue()
 
 
 def _plain_data_bytes(obj: Any) -> bytes | None:
@@ -401,6 +472,9 @@ class _Walker:
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(obj, torch.Tensor):
             return "_tensor"
+        artist = sys.modules.get("matplotlib.artist")
+        if artist is not None and isinstance(obj, artist.Artist):
+            return "_artist"
         if isinstance(obj, process_object_types()):
             return "_opaque"
         for kinds, name in _HANDLERS_BY_BASE:
@@ -601,6 +675,47 @@ class _Walker:
         self._emit_large(data.view(torch.uint8).numpy())
         grad = tensor.grad if tensor.is_leaf else None  # .grad of a non-leaf warns, and is always None
         self._push_all([grad, None if type(tensor) is torch.Tensor else self._instance_state(tensor)])
+
+    # -- matplotlib ------------------------------------------------------------------------------
+
+    def _artist(self, artist: Any) -> None:
+        """A matplotlib artist is its figure, seen as the user sees it (pixels), plus its place in it.
+
+        The generic walk differed on every call: pickling a figure's callback registries advances
+        their id counters, and figures hold manager numbers and weak methods. An artist outside
+        any figure goes the generic way."""
+        figure = _root_figure(artist)
+        if figure is None:
+            self._reduced(artist)
+            return
+        self._header(b"M", type(artist))
+        if artist is figure:
+            self._figure(figure)
+            return
+        place = next((i for i, each in enumerate(figure.findobj(include_self=False)) if each is artist), -1)
+        self._emit(_pack_q(place))
+        self.stack.append(figure)
+
+    def _figure(self, figure: Any) -> None:
+        """Pixels rendered at a fixed dpi (unless the data is too large to draw quickly), and each
+        artist's type, visibility, label, text and data: what is drawn outside the view, or not
+        at all, still counts. Rendered first: a first draw lays out ticks and legends."""
+        width, height = figure.get_size_inches()
+        self._emit(_pack_dd(width, height))
+        points = sum(getattr(d, "size", 0) for each in figure.findobj() for d in _artist_data(each))
+        if points <= FIGURE_PIXELS_UP_TO_POINTS:
+            known = _renders.get(id(figure)) if _renders is not None else None
+            pixels = known[1] if known is not None else _render(figure)
+            if _renders is not None:
+                _renders[id(figure)] = (figure, pixels)
+            self._emit_large(pixels)
+        scene = []
+        artist_class = sys.modules["matplotlib.artist"].Artist
+        for each in figure.findobj(include_self=False):
+            text = each.get_text() if hasattr(each, "get_text") else None
+            label = artist_class.get_label(each)  # not Axis.get_label, which is a Text
+            scene.append((_type_path(type(each)), each.get_visible(), label, text, _artist_data(each)))
+        self._push_all(scene)
 
     # -- code ------------------------------------------------------------------------------------
 

@@ -569,3 +569,120 @@ def test_a_tensor_edit_or_gradient_changes_the_fingerprint():
     with torch.no_grad():
         weight[1, 2] = 1.0
     assert fingerprint(weight) not in (before, with_grad)
+
+
+# -- matplotlib -------------------------------------------------------------------------------------
+
+_FIGURE_SCRIPT = """
+import pickle, sys
+import matplotlib
+matplotlib.use("agg")
+import cloudpickle
+import matplotlib.pyplot as plt
+import numpy as np
+from elastic_proxy.inner_agent.fingerprint import inspect
+
+def prints(values):
+    return [inspect(v).hex() for v in values] + [str(inspect(v).opaque) for v in values]
+
+if sys.argv[1] == "dump":
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(4, 3))
+    ax.plot([0, 1, 2, 3], [1, 4, 2, 3], label="line")
+    ax.legend()
+    image = ax2.imshow(np.ma.masked_less(np.arange(16.0).reshape(4, 4), 3))
+    fig.colorbar(image)
+    legend_handle = ax2.plot([], [], label="no points")[0]  # an empty array: its strides change when pickled
+    values = (fig, ax, ax2, legend_handle)
+    sys.stdout.buffer.write(cloudpickle.dumps((prints(values), prints(values), values)))
+else:
+    first, second, values = pickle.loads(sys.stdin.buffer.read())
+    print(first == second, prints(values) == first)
+"""
+
+
+def test_a_figure_fingerprints_the_same_each_time_and_in_another_process(tmp_path):
+    """Pickling a figure advances its callback registries' counters, and a new process numbers
+    its figures anew: the generic walk saw a different figure on every call."""
+    pytest.importorskip("matplotlib")
+    script = tmp_path / "figures.py"
+    script.write_text(_FIGURE_SCRIPT)
+    dumped = subprocess.run([sys.executable, str(script), "dump"], capture_output=True, check=True, timeout=120)
+    loaded = subprocess.run([sys.executable, str(script), "load"], input=dumped.stdout, capture_output=True,
+                            check=True, timeout=120)
+    assert loaded.stdout.decode().split() == ["True", "True"], loaded
+
+
+@pytest.fixture
+def line_figure():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2)
+    (line,) = ax.plot([0.0, 1.0, 2.0], [1.0, 3.0, 2.0], label="a")
+    ax.set_xlim(0, 2)
+    yield fig, ax, ax2, line
+    plt.close(fig)
+
+
+def test_figure_edits_change_the_fingerprint_drawn_or_not(line_figure):
+    fig, ax, ax2, line = line_figure
+    seen = {fingerprint(fig)}
+    edits = [
+        lambda: line.set_color("red"),  # only in the pixels
+        lambda: line.set_label("b"),  # not drawn: no legend
+        lambda: line.set_data([0.0, 1.0, 2.0, 9.0], [1.0, 3.0, 2.0, 5.0]),  # outside the x limits
+        lambda: ax.set_title("title"),
+        lambda: ax2.set_visible(False),
+    ]
+    for edit in edits:
+        edit()
+        now = fingerprint(fig)
+        assert now not in seen, edit
+        seen.add(now)
+        assert fingerprint(fig) == now  # and reading it again changed nothing
+
+
+def test_an_artist_is_its_figure_and_its_place_in_it(line_figure):
+    fig, ax, ax2, line = line_figure
+    assert len({fingerprint(fig), fingerprint(ax), fingerprint(ax2), fingerprint(line)}) == 4
+    before = fingerprint(ax2)
+    line.set_color("red")  # an edit to another part of the same figure
+    assert fingerprint(ax2) != before
+
+
+def test_a_figure_with_much_data_is_not_drawn(line_figure, monkeypatch):
+    """Drawing a million points costs seconds per cell: their data stands for them."""
+    from elastic_proxy.inner_agent import fingerprint as module
+
+    fig, _ax, ax2, _line = line_figure
+    rendered = []
+    real_render = module._render
+    monkeypatch.setattr(module, "_render", lambda figure: rendered.append(figure) or real_render(figure))
+    fingerprint(fig)
+    assert rendered == [fig]
+    many = np.arange(module.FIGURE_PIXELS_UP_TO_POINTS, dtype=float)
+    ax2.scatter(many, many)
+    before = fingerprint(fig)
+    assert rendered == [fig]
+    ax2.collections[0].set_offsets(np.column_stack([many, many + 1]))
+    assert fingerprint(fig) != before
+    assert rendered == [fig]
+
+
+def test_names_that_reach_one_figure_draw_it_once_between_two_cells(line_figure, monkeypatch):
+    from elastic_proxy.inner_agent import fingerprint as module
+
+    fig, ax, _ax2, line = line_figure
+    rendered = []
+    real_render = module._render
+    monkeypatch.setattr(module, "_render", lambda figure: rendered.append(figure) or real_render(figure))
+    with module.at_one_moment():
+        inside = [fingerprint(fig), fingerprint(ax)]
+    assert rendered == [fig]
+    assert [fingerprint(fig), fingerprint(ax)] == inside
+    assert rendered == [fig, fig, fig]
+    line.set_color("red")
+    with module.at_one_moment():
+        assert fingerprint(ax) != inside[1]  # a new moment draws anew
+    assert len(rendered) == 4
