@@ -4,7 +4,8 @@ Two real kernels through jupyter_client: "plain" (stock ipykernel) and "agent" (
 `%load_ext elastic_proxy.inner_agent`). For each namespace -- (a) nothing, (b) a 200 MB array,
 (c) list(range(5_000_000)), (d) a 1M-entry dict -- a trivial cell is timed from the client
 (execute_request to execute_reply), interleaving the two kernels so drift hits both alike.
-Two trivial cells: `1 + 1` (changes nothing) and `x = 1` (changes state: a checkpoint follows).
+Three trivial cells: `1 + 1` (changes nothing), `x = 1` (binds x to an equal value: nothing to write
+after its first run) and `n += 1` (a new value every run: a checkpoint follows each one).
 Then a cell that creates a 1 GB array and the cell right after it: the agent's extra time on
 those two is the user-visible pause from recording and checkpointing.
 
@@ -23,7 +24,7 @@ import tempfile
 import time
 from typing import Any
 
-from _common import CLEAR, SCENARIOS, TRIVIAL, delta, ms, percentile
+from _common import CLEAR, SCENARIOS, START, TRIVIAL, delta, ms, percentile
 from jupyter_client.manager import KernelManager
 
 
@@ -36,7 +37,7 @@ class Kernel:
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=60)
         self.agent = agent
-        self.run("import numpy as np")
+        self.run(START)
         if agent:
             self.run("%load_ext elastic_proxy.inner_agent")
 

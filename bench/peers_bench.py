@@ -5,7 +5,7 @@ JPY_SESSION_NAME set to a notebook file, as Jupyter Server starts kernels: `pyth
 with `elastic-proxy install`), `elastic_kernel` (ElasticKernel's own kernel.json, run by the Python of a
 separate venv, --peers-python: `make bench-peers` builds it) and `python3-plain` (ipykernel of this
 interpreter). Measured, side by side:
-1. trivial-cell round trip (`1 + 1`, `x = 1`; p50/p99, interleaved) with four namespaces, the
+1. trivial-cell round trip (`1 + 1`, `x = 1`, `n += 1`; p50/p99, interleaved) with four namespaces, the
    workloads of agent_overhead.py;
 2. bytes each tool writes when one element of a 200 MB array changes (the files created or rewritten
    under the notebook's checkpoint dir / store), and when it writes them;
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from _common import CLEAR, SCENARIOS, TRIVIAL, ms, percentile
+from _common import CLEAR, SCENARIOS, START, TRIVIAL, ms, percentile
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.manager import KernelManager
 
@@ -346,7 +346,7 @@ def overhead(space: Workspace, runs: int) -> list[list[str]]:
     rows = []
     try:
         for nb in notebooks:
-            nb.run("import numpy as np")
+            nb.run(START)
         for label, setup in SCENARIOS:
             for nb in notebooks:
                 nb.run(setup)

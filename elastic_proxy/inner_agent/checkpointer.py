@@ -38,10 +38,14 @@ from .filehandles import store_file_reducers
 from .graph import CellExecution
 from .writer_lock import hold_while_writing
 
+FORK_FIXED_SECONDS = 15e-3
+"""Parent pause of a forked write besides the page tables: IPython's at-fork hooks stop and restart its
+history thread, and a watcher thread starts (a tiny write cost 17 ms forked, 7 ms inline, on the
+2-core VM: `n += 1` in bench/agent_overhead.py)."""
 FORK_SECONDS_PER_RSS_BYTE = 12e-3 / (1 << 30)
 """Parent pause of os.fork(), copying page tables: 12 ms per GB resident (measured, docs/peers.md)."""
-INLINE_FIXED_SECONDS = 5e-3
-"""Nominal cost of an inline write besides pickling: a blob and a manifest, each fsynced."""
+INLINE_FIXED_SECONDS = 7e-3
+"""Cost of an inline write besides pickling: a blob and a manifest, each fsynced (measured as above)."""
 INLINE_BYTES_PER_SECOND = 1e9
 WRITER_TIMEOUT = 900.0
 """Seconds after which a forked writer is considered hung and killed (checked at each hook)."""
@@ -57,7 +61,7 @@ normal priority delayed the user's next replies by tens of milliseconds."""
 def prefer_fork(estimated_bytes: int, resident_bytes: int) -> bool:
     """Fork when the parent's pause for it is smaller than writing inline would be. Nominal
     constants, not probes: the choice only moves the work, never changes what is written."""
-    fork = resident_bytes * FORK_SECONDS_PER_RSS_BYTE
+    fork = FORK_FIXED_SECONDS + resident_bytes * FORK_SECONDS_PER_RSS_BYTE
     return fork < INLINE_FIXED_SECONDS + estimated_bytes / INLINE_BYTES_PER_SECOND
 
 

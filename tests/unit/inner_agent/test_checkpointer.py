@@ -176,8 +176,9 @@ def test_notebook_class_and_instance_from_different_forked_writers_stay_one_clas
 
 
 def test_fork_is_chosen_when_its_pause_is_smaller_than_an_inline_write():
-    gib = 1 << 30
-    assert prefer_fork(estimated_bytes=100, resident_bytes=200 * 1024 * 1024)
+    gib, mib = 1 << 30, 1 << 20
+    assert not prefer_fork(estimated_bytes=100, resident_bytes=200 * mib)  # a fork's fixed cost is more
+    assert prefer_fork(estimated_bytes=50 * mib, resident_bytes=200 * mib)
     assert not prefer_fork(estimated_bytes=100, resident_bytes=20 * gib)
     assert prefer_fork(estimated_bytes=gib, resident_bytes=20 * gib)
 
