@@ -51,8 +51,9 @@ WRITER_TIMEOUT = 900.0
 """Seconds after which a forked writer is considered hung and killed (checked at each hook)."""
 GC_EVERY = 25
 GC_KEEP_LAST = 50
-"""Retention: every GC_EVERY generations a forked writer (never the user's process) keeps the
-newest GC_KEEP_LAST generations of the session (how far `%elastic restore N` can go back)."""
+"""Retention: every GC_EVERY commits a forked writer (never the user's process: that write is
+forked even when small) keeps the newest GC_KEEP_LAST generations of the session (how far
+`%elastic restore N` can go back)."""
 BACKGROUND_NICENESS = 10
 """The forked writer yields the CPU to the user's kernel: on two cores, a writer hashing 1 GB at
 normal priority delayed the user's next replies by tens of milliseconds."""
@@ -102,6 +103,7 @@ class Job:
     previous_refs: dict[str, Any] = field(default_factory=dict)
     parent: int | None = None
     forked: bool = False
+    gc: bool = False  # apply retention after the commit (only ever in a forked writer)
 
 
 @dataclass
@@ -166,7 +168,7 @@ def write_job(store: Any, namespace: Mapping[str, Any], job: Job) -> Outcome:
         variables[name] = entry
     body["variables"] = variables
     out.generation = store.commit(body) if job.parent is None else store.commit(body, parent=job.parent)
-    if job.forked and out.generation % GC_EVERY == 0:
+    if job.gc:
         try:
             store.gc(keep_last=GC_KEEP_LAST)
         except StoreError:
@@ -217,6 +219,7 @@ class Checkpointer:
         self.failures = 0  # writes that ended in an error since the kernel started (%elastic status)
         self.writer_timeout = WRITER_TIMEOUT
         self.parent: int | None = None
+        self._commits_since_gc = 0
         self._last_committed_cell: int | None = None
         self._lock = threading.Lock()
         self._inflight: Job | None = None
@@ -359,6 +362,7 @@ class Checkpointer:
         )
         self.changed = set()
         self.needs_commit = False
+        job.gc = self.allow_fork and self._commits_since_gc >= GC_EVERY - 1
         if follower:
             self._follower = job
             self._follower_pid = self._start_forked(job, join_watcher=False)
@@ -366,8 +370,8 @@ class Checkpointer:
         self._inflight = job
         self._inflight_started = time.perf_counter()
         self._idle.clear()
-        if getattr(self.store, "remote", False):
-            fork = True  # an upload never runs on the cell's path
+        if getattr(self.store, "remote", False) or job.gc:
+            fork = True  # an upload or a retention pass never runs on the cell's path
         elif self.inline_limit is not None:
             fork = estimated > self.inline_limit
         else:
@@ -482,6 +486,7 @@ class Checkpointer:
         self.problems.update(outcome.problems)
         self.last = outcome
         self.parent = outcome.generation
+        self._commits_since_gc = 0 if job.gc else self._commits_since_gc + 1
         self._last_committed_cell = job.cell
         if self.on_fingerprints is not None and outcome.fingerprints:
             fresh = {n: fp for n, fp in outcome.fingerprints.items() if n not in self.changed}

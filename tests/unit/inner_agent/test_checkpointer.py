@@ -183,19 +183,23 @@ def test_fork_is_chosen_when_its_pause_is_smaller_than_an_inline_write():
     assert prefer_fork(estimated_bytes=gib, resident_bytes=20 * gib)
 
 
-def test_forked_writers_apply_retention(store, monkeypatch):
+@pytest.mark.parametrize("inline_limit", [0, 1 << 30], ids=["forked writes", "inline writes"])
+def test_forked_writers_apply_retention(store, monkeypatch, inline_limit):
+    """Small writes go inline, but retention never runs in the user's process: every GC_EVERY
+    commits one write is forked anyway, and that writer applies it."""
     import elastic_proxy.inner_agent.checkpointer as module
 
     monkeypatch.setattr(module, "GC_EVERY", 2)
     monkeypatch.setattr(module, "GC_KEEP_LAST", 1)
     ns: dict = {}
-    cp = make(store, ns)
+    cp = make(store, ns, inline_limit=inline_limit)
     for count in range(1, 5):
         ns[f"v{count}"] = np.full(10, count)
         cp.on_cell(cell(count, f"v{count}"))
         assert cp.wait(timeout=30)
     generations = [m.generation for m in store.generations()]
     assert generations[0] == 4 and 1 not in generations and 3 not in generations, generations
+    assert cp.forks == (4 if inline_limit == 0 else 2)
 
 
 def test_a_hung_writer_is_killed_and_its_changes_retried(store, tmp_path):
