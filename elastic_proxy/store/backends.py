@@ -38,6 +38,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ._writeback import start_writeback
 from .cache import BlobCache, default_cache_dir
+from .errors import StoreGoneError
 from .remote import Prefetcher, Uploader, os_errors, storage_options_for
 
 TMP_PREFIX = ".tmp-"
@@ -76,6 +77,8 @@ class LocalBackend:
         self._synced: list[tuple[str, str]] = []  # (temp, final) durable, not yet renamed
         self._dirty_dirs: set[str] = set()
         self._made_dirs: set[str] = set()
+        self._forked_from: int | None = None  # in a forked writer: its kernel's pid
+        self._root_existed_at_fork = False
 
     def join(self, *parts: str) -> str:
         return os.path.join(*parts)
@@ -84,13 +87,28 @@ class LocalBackend:
         return os.path.dirname(path)
 
     def makedirs(self, path: str) -> None:
-        """Create missing dirs 0700; remember them so their parents get fsynced on flush."""
+        """Create missing dirs 0700; remember them so their parents get fsynced on flush.
+
+        A remembered directory may have been removed since (`checkpoints forget`, gc, a deleted
+        store): then everything is checked again. A writer that outlived its kernel does not
+        bring back a store root deleted since it was forked (a pipeline's temporary directory,
+        removed once the kernel was shut down)."""
+        try:
+            self._makedirs(path)
+        except FileNotFoundError:
+            self._made_dirs.clear()
+            self._makedirs(path)
+
+    def _makedirs(self, path: str) -> None:
         if path in self._made_dirs or os.path.isdir(path):
             self._made_dirs.add(path)
             return
+        if path == self.root and self._root_existed_at_fork and os.getppid() != self._forked_from:
+            raise StoreGoneError(f"the checkpoint store {self.root} was deleted after its kernel ended; "
+                                 "this write is abandoned")
         parent = os.path.dirname(path)
         if parent != path:
-            self.makedirs(parent)
+            self._makedirs(parent)
         try:
             os.mkdir(path, 0o700)
             os.chmod(path, 0o700)
@@ -225,6 +243,8 @@ class LocalBackend:
         self._open.clear()  # the parent's unfinished writes are its own business
         self._synced.clear()
         self._dirty_dirs.clear()
+        self._forked_from = os.getppid()
+        self._root_existed_at_fork = os.path.isdir(self.root)
 
 
 class FsspecBackend:

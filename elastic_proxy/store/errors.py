@@ -16,6 +16,11 @@ class StoreFullError(StoreError):
     """The store's disk or quota is full (ENOSPC/EDQUOT); nothing partial was left behind."""
 
 
+class StoreGoneError(StoreError):
+    """A forked writer whose kernel has ended found the store's root deleted: the write is
+    abandoned rather than bring the directory back."""
+
+
 class SerializationError(StoreError):
     """An object could be pickled by neither cloudpickle nor dill (or unpickled back).
 

@@ -135,3 +135,52 @@ def test_gc_running_while_another_process_writes_never_breaks_a_generation(root)
     for manifest in remaining:
         assert collector.verify(manifest) == [], manifest.generation
     assert load_all(collector)["i"] == 39
+
+
+GONE_STORE_WRITER = textwrap.dedent("""
+    import os, shutil, sys
+    from elastic_proxy.store import open_store
+    from elastic_proxy.store.errors import StoreGoneError
+
+    root, report, kernel_ends = sys.argv[1], sys.argv[2], sys.argv[3] == "kernel-ends"
+    store = open_store("gone", root=root, grace_seconds=0)
+    store.commit({"groups": {"g": store.put_group({"v": 1}).to_json()}})
+    go, ready = os.pipe()
+    if os.fork() == 0:  # the checkpoint writer
+        os.close(ready)
+        store.after_fork()
+        os.read(go, 1)  # a byte: go on beside the kernel; end of file: the kernel has ended
+        try:
+            store.commit({"groups": {"g": store.put_group({"v": 2}).to_json()}})
+            outcome = "written"
+        except StoreGoneError as err:
+            outcome = f"abandoned: {err}"
+        with open(report, "w") as f:
+            f.write(outcome)
+        os._exit(0)
+    shutil.rmtree(root)  # what a pipeline does with its temporary store once the kernel is shut down
+    if not kernel_ends:
+        os.write(ready, b"x")
+        os.wait()
+""")
+
+
+def _gone_store_write(tmp_path, how: str) -> str:
+    root, report = tmp_path / "store", tmp_path / "report"
+    subprocess.run([sys.executable, "-c", GONE_STORE_WRITER, str(root), str(report), how], check=True, timeout=120)
+    deadline = time.monotonic() + 30
+    while not report.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return report.read_text()
+
+
+def test_a_writer_that_outlived_its_kernel_does_not_bring_back_a_deleted_store(tmp_path):
+    outcome = _gone_store_write(tmp_path, "kernel-ends")
+    assert outcome.startswith("abandoned: the checkpoint store"), outcome
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_live_kernels_writer_makes_a_deleted_store_again(tmp_path):
+    """The kernel still holds the state: its checkpoints must go on."""
+    assert _gone_store_write(tmp_path, "kernel-lives") == "written"
+    assert open_store("gone", root=str(tmp_path / "store")).latest().generation == 1
