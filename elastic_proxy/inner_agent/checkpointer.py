@@ -33,6 +33,7 @@ from typing import Any, Callable
 import cloudpickle
 
 from ..store import GroupRef, SerializationError, StoreError, StoreFullError
+from ..store.writers import writer_of
 from . import fingerprint
 from .filehandles import store_file_reducers
 from .graph import CellExecution
@@ -104,6 +105,8 @@ class Job:
     parent: int | None = None
     forked: bool = False
     gc: bool = False  # apply retention after the commit (only ever in a forked writer)
+    ahead_cell: int | None = None  # a follower: the cell of the write in flight when it was forked
+    since_ahead: set[str] = field(default_factory=set)  # a follower: names changed since that write's snapshot
 
 
 @dataclass
@@ -135,10 +138,22 @@ def write_job(store: Any, namespace: Mapping[str, Any], job: Job) -> Outcome:
     problems = {gid: why for gid, why in job.base_problems.items() if gid in groups}
     written = 0
     out = Outcome()
+    ahead_groups, ahead_variables = _committed_ahead(store, job)
+    reused = {gid: ahead_groups[gid] for gid, names in job.dirty.items()
+              if gid in ahead_groups and list(names) == ahead_groups[gid].get("names")
+              and not set(names) & job.since_ahead}
+    reused_names = {name for gid in reused for name in job.dirty[gid]}
     for name in sorted(job.deferred):
+        known = ahead_variables.get(name, {}) if name in reused_names else {}
+        if known.get("fingerprint"):
+            out.fingerprints[name] = [known["fingerprint"], bool(known.get("opaque"))]
+            continue
         print_ = fingerprint.inspect(namespace[name])
         out.fingerprints[name] = [print_.hex(), print_.opaque]
     for gid, names in job.dirty.items():
+        if gid in reused:
+            groups[gid] = out.groups[gid] = reused[gid]
+            continue
         if gid in job.previous_refs and _unchanged(names, out.fingerprints, job.previous):
             groups[gid] = job.previous_refs[gid]
             continue
@@ -176,6 +191,24 @@ def write_job(store: Any, namespace: Mapping[str, Any], job: Job) -> Outcome:
     out.bytes = written
     out.seconds = time.perf_counter() - started
     return out
+
+
+def _names_of(job: Job) -> set[str]:
+    return job.changed_names | {name for names in job.dirty.values() for name in names}
+
+
+def _committed_ahead(store: Any, job: Job) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A follower's view of what the write ahead of it committed (its groups and variables), if
+    it did: those groups, unchanged since, are not pickled again. A big value changed in one cell
+    would otherwise be written again by every follower while quick cells come after it."""
+    if job.ahead_cell is None:
+        return {}, {}
+    latest = store.latest()
+    if (latest is None or latest.body.get("execution_count") != job.ahead_cell
+            or writer_of(latest).get("id") != store.writer.id):
+        return {}, {}
+    groups = {gid: ref for gid, ref in latest.body.get("groups", {}).items() if isinstance(ref, dict)}
+    return groups, latest.body.get("variables", {})
 
 
 def _unchanged(names: tuple[str, ...], prints: Mapping[str, list[Any]], previous: Mapping[str, str]) -> bool:
@@ -336,10 +369,16 @@ class Checkpointer:
         state = self._describe_state()
         groups, body, sizes = state.groups, state.body, state.sizes
         changed = set(self.changed)
+        since_ahead: set[str] = set()
+        ahead_cell = None
         if follower:  # what the writers ahead of it carry is not committed yet: include it
-            for ahead in (self._inflight, self._follower):
-                if ahead is not None:
-                    changed |= ahead.changed_names | {n for names in ahead.dirty.values() for n in names}
+            since_ahead = set(changed)
+            if self._follower is not None:  # replaced, so it never commits
+                changed |= _names_of(self._follower)
+                since_ahead |= self._follower.since_ahead
+            if self._inflight is not None:
+                changed |= _names_of(self._inflight)
+                ahead_cell = self._inflight.cell
         dirty = {
             gid: names
             for gid, names in groups.items()
@@ -359,6 +398,8 @@ class Checkpointer:
             previous=dict(state.previous),
             previous_refs={gid: self.groups[gid] for gid in dirty if self.groups.get(gid) is not None},
             parent=None if follower else self.parent,  # a follower's parent is whatever commits first
+            ahead_cell=ahead_cell,
+            since_ahead=since_ahead,
         )
         self.changed = set()
         self.needs_commit = False

@@ -99,6 +99,8 @@ def test_one_writer_at_a_time_and_a_follower_holds_the_newest_cell(store, tmp_pa
     assert set(generations[0].groups()) == {"slow", "x", "y"}
     assert set(generations[1].groups()) == {"slow"}
     assert generations[0].groups()["slow"] == generations[1].groups()["slow"]
+    pickled_by = (tmp_path / "pids").read_text().split()
+    assert len(pickled_by) == 1, "the follower pickled again what the writer ahead of it had committed"
 
 
 def test_unserializable_group_never_sinks_the_checkpoint(store):
