@@ -15,7 +15,7 @@ import time
 import types
 from collections import ChainMap, deque
 from collections.abc import Collection, Mapping
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 from .checkpointer import WRITER_TIMEOUT, Checkpointer, State
 from .optimizer import NOMINAL_BANDWIDTH
@@ -70,7 +70,6 @@ class Agent:
             publish=self._publish_checkpoint,
             allow_fork=allow_fork,
             on_fingerprints=self._accept_fingerprints,
-            wake=self._between_cells,
         )
         self.recorder.listeners.append(self._on_cell)
         self.pending_report: Notice | None = None
@@ -224,12 +223,6 @@ class Agent:
             self._segments.append(self.store.put_group({"cells": chunk}).to_json())
             sealed += CELL_SEGMENT
         return list(self._segments), [self._cells_json[i] for i in order[sealed:]]
-
-    def _between_cells(self, call: Callable[[], None]) -> None:
-        """Have the kernel's loop run `call` once no cell runs (callable from any thread)."""
-        loop = getattr(getattr(self.shell, "kernel", None), "io_loop", None)
-        if loop is not None:
-            loop.add_callback(lambda: None if self.recorder.cell_running else call())
 
     def _accept_fingerprints(self, prints: dict[str, list[Any]]) -> None:
         self.recorder.accept_fingerprints({n: (bytes.fromhex(h), bool(o)) for n, (h, o) in prints.items()})

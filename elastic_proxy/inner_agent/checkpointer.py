@@ -230,15 +230,11 @@ class Checkpointer:
         inline_limit: int | None = None,
         allow_fork: bool = True,
         on_fingerprints: Callable[[dict[str, list[Any]]], None] | None = None,
-        wake: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         """`describe_state()` is called in the parent when a write starts; `on_fingerprints`
         receives the fingerprints the writer computed for deferred (big) values. `inline_limit`
-        (bytes) overrides the cost rule of `prefer_fork`, for tests. `wake(fn)` (from any thread)
-        has the kernel call `fn` between cells: then small changes made while a write is in flight
-        wait for it, instead of forking a follower."""
+        (bytes) overrides the cost rule of `prefer_fork`, for tests."""
         self.on_fingerprints = on_fingerprints
-        self.wake = wake
         self.store = store
         self._namespace = namespace
         self._describe_state = describe_state
@@ -302,23 +298,17 @@ class Checkpointer:
         if self._inflight is None:
             self._start()
         elif self._inflight.forked and self.allow_fork:
-            self._start(follower=True)
+            self._replace_follower()
 
-    def _abandon_waiting_follower(self) -> None:
-        """A newer follower replaces it: it is still waiting for the lock, so nothing is lost."""
+    def _replace_follower(self) -> None:
+        """Snapshot this cell boundary now, to be written after the snapshot in flight."""
         if self._follower is not None and self._follower_pid is not None:
-            self._abandoned.add(id(self._follower))
+            self._abandoned.add(id(self._follower))  # still waiting for the lock: nothing lost
             try:
                 os.kill(self._follower_pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-
-    def _prefers_fork(self, estimated: int) -> bool:
-        if getattr(self.store, "remote", False):
-            return True  # an upload never runs on the cell's path
-        if self.inline_limit is not None:
-            return estimated > self.inline_limit
-        return prefer_fork(estimated, resident_bytes())
+        self._start(follower=True)
 
     def _kill_if_hung(self) -> None:
         """A writer stuck past WRITER_TIMEOUT (say, a lock inherited held at fork) would stop all
@@ -376,8 +366,6 @@ class Checkpointer:
 
     # writing ---------------------------------------------------------------------------------
     def _start(self, follower: bool = False) -> None:
-        """Write what changed: inline or forked, or, with a write in flight, as a follower that
-        snapshots this cell boundary now and writes after it (one waiting follower at most)."""
         state = self._describe_state()
         groups, body, sizes = state.groups, state.body, state.sizes
         changed = set(self.changed)
@@ -391,8 +379,6 @@ class Checkpointer:
             if self._inflight is not None:
                 changed |= _names_of(self._inflight)
                 ahead_cell = self._inflight.cell
-            if self.wake is not None and not self._prefers_fork(sum(sizes.get(n, 0) for n in since_ahead)):
-                return  # written inline between cells once the write ahead ends (see _watch)
         dirty = {
             gid: names
             for gid, names in groups.items()
@@ -419,14 +405,18 @@ class Checkpointer:
         self.needs_commit = False
         job.gc = self.allow_fork and self._commits_since_gc >= GC_EVERY - 1
         if follower:
-            self._abandon_waiting_follower()
             self._follower = job
             self._follower_pid = self._start_forked(job, join_watcher=False)
             return
         self._inflight = job
         self._inflight_started = time.perf_counter()
         self._idle.clear()
-        fork = job.gc or self._prefers_fork(estimated)  # a retention pass never runs on the cell's path
+        if getattr(self.store, "remote", False) or job.gc:
+            fork = True  # an upload or a retention pass never runs on the cell's path
+        elif self.inline_limit is not None:
+            fork = estimated > self.inline_limit
+        else:
+            fork = prefer_fork(estimated, resident_bytes())
         if self.allow_fork and fork:
             self._inflight_pid = self._start_forked(job)
         else:
@@ -481,8 +471,6 @@ class Checkpointer:
         self._idle.set()
         if id(job) not in self._abandoned:
             self._announce(job, outcome)
-        if self.wake is not None and self.needs_commit:
-            self.wake(self.poll)
 
     def _announce(self, job: Job, outcome: Outcome) -> None:
         """Tell the supervisor at once (IOPub sends are thread-safe in ipykernel)."""

@@ -145,11 +145,6 @@ class Recorder:
     def namespace(self) -> dict[str, Any]:
         return self.shell.user_ns
 
-    @property
-    def cell_running(self) -> bool:
-        """Between pre_run_cell and post_run_cell (an async cell lets the kernel's loop run)."""
-        return self._pending is not None
-
     def is_user_name(self, name: str) -> bool:
         return is_user_name(name, getattr(self.shell, "user_ns_hidden", ()))
 

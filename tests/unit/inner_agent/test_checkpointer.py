@@ -38,10 +38,7 @@ def store(tmp_path, monkeypatch):
     return open_store("unit/checkpointer", str(tmp_path / "store"))
 
 
-def make(store, ns: dict, inline_limit: int = 0, published: list | None = None, wake=None,
-         sizes: dict[str, int] | None = None) -> Checkpointer:
-    """Every variable weighs 1 GB unless `sizes` says otherwise."""
-
+def make(store, ns: dict, inline_limit: int = 0, published: list | None = None) -> Checkpointer:
     def describe():
         groups = {name: (name,) for name in sorted(ns)}
         body = {
@@ -50,10 +47,10 @@ def make(store, ns: dict, inline_limit: int = 0, published: list | None = None, 
                           for n, v in ns.items()},
             "execution_count": len(ns),
         }
-        return State(groups, body, {name: (sizes or {}).get(name, 10**9) for name in ns})
+        return State(groups, body, {name: 10**9 for name in ns})
 
     return Checkpointer(store, lambda: ns, describe, publish=None if published is None else published.append,
-                        inline_limit=inline_limit, wake=wake)
+                        inline_limit=inline_limit)
 
 
 def cell(count: int, *written: str) -> CellExecution:
@@ -104,26 +101,6 @@ def test_one_writer_at_a_time_and_a_follower_holds_the_newest_cell(store, tmp_pa
     assert generations[0].groups()["slow"] == generations[1].groups()["slow"]
     pickled_by = (tmp_path / "pids").read_text().split()
     assert len(pickled_by) == 1, "the follower pickled again what the writer ahead of it had committed"
-
-
-def test_a_small_change_waits_for_the_write_ahead_and_is_written_between_cells(store, tmp_path):
-    """A follower costs the kernel a fork per cell: a small change made while a write is in
-    flight waits for it instead, and the kernel, woken when it ends, writes it inline."""
-    woken: list = []
-    ns = {"slow": PidProbe(str(tmp_path / "pids"), delay=1.0)}
-    cp = make(store, ns, inline_limit=1000, wake=woken.append, sizes={"x": 10})
-    cp.on_cell(cell(1, "slow"))
-    ns["x"] = 1
-    cp.on_cell(cell(2, "x"))
-    assert cp.forks == 1, "a small change forked a follower"
-    assert cp.status()["pending_names"] == ["x"]
-    deadline = time.monotonic() + 30
-    while not woken and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert woken, "the end of the write ahead did not wake the kernel"
-    woken[0]()  # what the kernel's loop does between cells
-    assert not cp.busy and cp.forks == 1 and cp.status()["pending_names"] == []
-    assert set(store.latest().groups()) == {"slow", "x"}
 
 
 def test_unserializable_group_never_sinks_the_checkpoint(store):
