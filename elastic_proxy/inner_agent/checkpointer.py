@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import cloudpickle
 
-from ..store import GroupRef, SerializationError, StoreError, StoreFullError
+from ..store import GroupRef, SerializationError, StoreFullError
 from ..store.writers import writer_of
 from . import fingerprint
 from .filehandles import store_file_reducers
@@ -52,9 +52,9 @@ WRITER_TIMEOUT = 900.0
 """Seconds after which a forked writer is considered hung and killed (checked at each hook)."""
 GC_EVERY = 25
 GC_KEEP_LAST = 50
-"""Retention: every GC_EVERY commits a forked writer (never the user's process: that write is
-forked even when small) keeps the newest GC_KEEP_LAST generations of the session (how far
-`%elastic restore N` can go back)."""
+"""Retention: every GC_EVERY commits a forked process of its own (never the user's process, never
+a write in flight that later cells would queue behind) keeps the newest GC_KEEP_LAST generations
+of the session (how far `%elastic restore N` can go back)."""
 BACKGROUND_NICENESS = 10
 """The forked writer yields the CPU to the user's kernel: on two cores, a writer hashing 1 GB at
 normal priority delayed the user's next replies by tens of milliseconds."""
@@ -104,7 +104,6 @@ class Job:
     previous_refs: dict[str, Any] = field(default_factory=dict)
     parent: int | None = None
     forked: bool = False
-    gc: bool = False  # apply retention after the commit (only ever in a forked writer)
     ahead_cell: int | None = None  # a follower: the cell of the write in flight when it was forked
     since_ahead: set[str] = field(default_factory=set)  # a follower: names changed since that write's snapshot
 
@@ -183,11 +182,6 @@ def write_job(store: Any, namespace: Mapping[str, Any], job: Job) -> Outcome:
         variables[name] = entry
     body["variables"] = variables
     out.generation = store.commit(body) if job.parent is None else store.commit(body, parent=job.parent)
-    if job.gc:
-        try:
-            store.gc(keep_last=GC_KEEP_LAST)
-        except StoreError:
-            pass  # retention is best effort; the next gc tries again
     out.bytes = written
     out.seconds = time.perf_counter() - started
     return out
@@ -403,7 +397,6 @@ class Checkpointer:
         )
         self.changed = set()
         self.needs_commit = False
-        job.gc = self.allow_fork and self._commits_since_gc >= GC_EVERY - 1
         if follower:
             self._follower = job
             self._follower_pid = self._start_forked(job, join_watcher=False)
@@ -411,8 +404,8 @@ class Checkpointer:
         self._inflight = job
         self._inflight_started = time.perf_counter()
         self._idle.clear()
-        if getattr(self.store, "remote", False) or job.gc:
-            fork = True  # an upload or a retention pass never runs on the cell's path
+        if getattr(self.store, "remote", False):
+            fork = True  # an upload never runs on the cell's path
         elif self.inline_limit is not None:
             fork = estimated > self.inline_limit
         else:
@@ -452,6 +445,19 @@ class Checkpointer:
         )
         self._watcher.start()
         return pid
+
+    def _start_retention(self) -> None:
+        """Apply retention in a forked process that nothing waits for. The store's gc is safe beside
+        writers (it spares young blobs), and it takes no writer lock: a restore need not wait for it."""
+        if self._watcher is not None:
+            self._watcher.join(timeout=1.0)  # it may still be announcing: fork with no thread mid-call
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            _retention_process(self.store)
+        self.forks += 1
+        threading.Thread(target=os.waitpid, args=(pid, 0), name="elastic-retention-reaper", daemon=True).start()
 
     def _watch(self, job: Job, pid: int, read_fd: int) -> None:
         chunks = []
@@ -527,7 +533,10 @@ class Checkpointer:
         self.problems.update(outcome.problems)
         self.last = outcome
         self.parent = outcome.generation
-        self._commits_since_gc = 0 if job.gc else self._commits_since_gc + 1
+        self._commits_since_gc += 1
+        if self._commits_since_gc >= GC_EVERY and self.allow_fork:
+            self._commits_since_gc = 0
+            self._start_retention()
         self._last_committed_cell = job.cell
         if self.on_fingerprints is not None and outcome.fingerprints:
             fresh = {n: fp for n, fp in outcome.fingerprints.items() if n not in self.changed}
@@ -584,6 +593,23 @@ def _snapshot_process(
         view = memoryview(payload)
         while view:
             view = view[os.write(write_fd, view) :]
+    finally:
+        os._exit(code)
+
+
+def _retention_process(store: Any) -> None:
+    """Runs in the forked process; never returns."""
+    code = 1
+    try:
+        gc.disable()
+        os.setpgid(0, 0)  # like a writer: the kernel's interrupt and shutdown signals are not for it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.alarm(int(WRITER_TIMEOUT))
+        os.nice(BACKGROUND_NICENESS)
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the process ends with os._exit)
+        store.after_fork()
+        store.gc(keep_last=GC_KEEP_LAST)  # best effort: a failed pass is retried GC_EVERY commits later
+        code = 0
     finally:
         os._exit(code)
 

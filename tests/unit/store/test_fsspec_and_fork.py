@@ -138,7 +138,7 @@ def test_gc_running_while_another_process_writes_never_breaks_a_generation(root)
 
 
 GONE_STORE_WRITER = textwrap.dedent("""
-    import os, shutil, sys
+    import os, shutil, sys, time
     from elastic_proxy.store import open_store
     from elastic_proxy.store.errors import StoreGoneError
 
@@ -146,10 +146,15 @@ GONE_STORE_WRITER = textwrap.dedent("""
     store = open_store("gone", root=root, grace_seconds=0)
     store.commit({"groups": {"g": store.put_group({"v": 1}).to_json()}})
     go, ready = os.pipe()
+    forked, forked_w = os.pipe()
     if os.fork() == 0:  # the checkpoint writer
         os.close(ready)
         store.after_fork()
-        os.read(go, 1)  # a byte: go on beside the kernel; end of file: the kernel has ended
+        os.write(forked_w, b"x")
+        kernel = os.getppid()
+        if not os.read(go, 1):  # a byte: go on beside the kernel; end of file: the kernel is ending
+            while os.getppid() == kernel:  # ended once the writer is handed to another parent
+                time.sleep(0.01)
         try:
             store.commit({"groups": {"g": store.put_group({"v": 2}).to_json()}})
             outcome = "written"
@@ -158,6 +163,7 @@ GONE_STORE_WRITER = textwrap.dedent("""
         with open(report, "w") as f:
             f.write(outcome)
         os._exit(0)
+    os.read(forked, 1)
     shutil.rmtree(root)  # what a pipeline does with its temporary store once the kernel is shut down
     if not kernel_ends:
         os.write(ready, b"x")
