@@ -17,6 +17,7 @@ from collections import ChainMap, deque
 from collections.abc import Collection, Mapping
 from typing import Any, Union
 
+from . import fingerprint
 from .checkpointer import WRITER_TIMEOUT, Checkpointer, State
 from .optimizer import NOMINAL_BANDWIDTH
 from .recorder import Recorder, estimate_size
@@ -136,8 +137,9 @@ class Agent:
     def _after_cell(self, result: Any) -> None:
         started = time.perf_counter()
         try:
-            self.recorder.post_run_cell(result)
-            self.checkpointer.poll()
+            with fingerprint.at_one_moment():  # no user code runs here: `fig` and `ax` draw one figure once
+                self.recorder.post_run_cell(result)
+                self.checkpointer.poll()
         except Exception as exc:
             self._hook_failed("after the cell", exc)
         self.overhead.append(self._pre_seconds + time.perf_counter() - started)

@@ -426,20 +426,25 @@ class Checkpointer:
         self._announce(job, outcome)
         self._collect()
 
-    def _start_forked(self, job: Job, join_watcher: bool = True) -> int:
-        job.forked = True
+    def _fork(self, join_watcher: bool = True) -> int:
         if join_watcher and self._watcher is not None:
             self._watcher.join(timeout=1.0)  # it may still be announcing: fork with no thread mid-call
-        read_fd, write_fd = os.pipe()
-        namespace = self._namespace()
-        track_notebook_classes(namespace)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             pid = os.fork()
+        if pid:
+            self.forks += 1
+        return pid
+
+    def _start_forked(self, job: Job, join_watcher: bool = True) -> int:
+        job.forked = True
+        read_fd, write_fd = os.pipe()
+        namespace = self._namespace()
+        track_notebook_classes(namespace)
+        pid = self._fork(join_watcher)
         if pid == 0:
             _snapshot_process(self.store, namespace, job, read_fd, write_fd)
         os.close(write_fd)
-        self.forks += 1
         self._watcher = threading.Thread(
             target=self._watch, args=(job, pid, read_fd), name="elastic-checkpoint-watch", daemon=True
         )
@@ -449,14 +454,9 @@ class Checkpointer:
     def _start_retention(self) -> None:
         """Apply retention in a forked process that nothing waits for. The store's gc is safe beside
         writers (it spares young blobs), and it takes no writer lock: a restore need not wait for it."""
-        if self._watcher is not None:
-            self._watcher.join(timeout=1.0)  # it may still be announcing: fork with no thread mid-call
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
+        pid = self._fork()
         if pid == 0:
             _retention_process(self.store)
-        self.forks += 1
         threading.Thread(target=os.waitpid, args=(pid, 0), name="elastic-retention-reaper", daemon=True).start()
 
     def _watch(self, job: Job, pid: int, read_fd: int) -> None:
@@ -565,20 +565,25 @@ def track_notebook_classes(namespace: Mapping[str, Any], per_container: int = 10
                 tracker(cls)
 
 
+def _leave_the_kernel() -> None:
+    """In a forked writer or retention process. Its own process group: the signals meant for the
+    kernel (an interrupt's SIGINT, the SIGTERM/SIGKILL of a shutdown, sent to the kernel's group)
+    must not end a write that a restart is about to need. With no kernel left to watch it, it
+    limits its own lifetime."""
+    gc.disable()
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.alarm(int(WRITER_TIMEOUT))
+
+
 def _snapshot_process(
     store: Any, namespace: Mapping[str, Any], job: Job, read_fd: int, write_fd: int
 ) -> None:
     """Runs in the forked process; never returns."""
     code = 1
     try:
-        gc.disable()
         os.close(read_fd)
-        # Its own process group: the signals meant for the kernel (an interrupt's SIGINT, the
-        # SIGTERM/SIGKILL of a shutdown, sent to the kernel's group) must not end a write that a
-        # restart is about to need. With no kernel left to watch it, it limits its own lifetime.
-        os.setpgid(0, 0)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.alarm(int(WRITER_TIMEOUT))
+        _leave_the_kernel()
         hold_while_writing(store)  # first: a restore after the kernel's death waits for this write
         os.nice(BACKGROUND_NICENESS)
         sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the process ends with os._exit)
@@ -601,10 +606,7 @@ def _retention_process(store: Any) -> None:
     """Runs in the forked process; never returns."""
     code = 1
     try:
-        gc.disable()
-        os.setpgid(0, 0)  # like a writer: the kernel's interrupt and shutdown signals are not for it
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.alarm(int(WRITER_TIMEOUT))
+        _leave_the_kernel()
         os.nice(BACKGROUND_NICENESS)
         sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the process ends with os._exit)
         store.after_fork()

@@ -205,35 +205,34 @@ class Recorder:
             candidates |= self._with_aliases({n for n in moved if self.is_user_name(n)})
         created, rebound, mutated, deleted = set(), set(), set(), set()
         untracked: list[str] = []
-        with fingerprint.at_one_moment():  # `fig` and `ax` draw one figure once
-            for name in sorted(candidates):
-                existed = name in pending.before_ids
-                if name not in ns:
-                    if existed or name in self.fingerprints:
-                        deleted.add(name)
-                        self._forget(name)
-                    continue
-                value = ns[name]
-                if existed and name not in self.fingerprints and pending.before_ids[name] == id(value):
-                    untracked.append(name)  # there before the agent: no cell of ours made it
-                    continue
-                if isinstance(value, types.ModuleType) and existed and pending.before_ids[name] == id(value):
-                    continue
-                size = estimate_size(value)
-                big = size > self.defer_above
-                new_fp = None if big else self._fingerprint(value)
-                if not existed and name not in self.fingerprints:
-                    created.add(name)
-                elif not existed or pending.before_ids[name] != id(value):
-                    rebound.add(name)
-                elif big or new_fp is None or name in self.opaque or self.fingerprints.get(name) != new_fp.digest:
-                    mutated.add(name)
-                else:
-                    continue
-                if big:
-                    self._defer(name, size)
-                else:
-                    self._remember(name, value, new_fp, size)
+        for name in sorted(candidates):
+            existed = name in pending.before_ids
+            if name not in ns:
+                if existed or name in self.fingerprints:
+                    deleted.add(name)
+                    self._forget(name)
+                continue
+            value = ns[name]
+            if existed and name not in self.fingerprints and pending.before_ids[name] == id(value):
+                untracked.append(name)  # there before the agent: no cell of ours made it
+                continue
+            if isinstance(value, types.ModuleType) and existed and pending.before_ids[name] == id(value):
+                continue
+            size = estimate_size(value)
+            big = size > self.defer_above
+            new_fp = None if big else self._fingerprint(value)
+            if not existed and name not in self.fingerprints:
+                created.add(name)
+            elif not existed or pending.before_ids[name] != id(value):
+                rebound.add(name)
+            elif big or new_fp is None or name in self.opaque or self.fingerprints.get(name) != new_fp.digest:
+                mutated.add(name)
+            else:
+                continue
+            if big:
+                self._defer(name, size)
+            else:
+                self._remember(name, value, new_fp, size)
         if untracked:
             self.adopt(untracked)
         changed = created | rebound | mutated
